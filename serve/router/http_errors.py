@@ -1,0 +1,56 @@
+"""One error contract for every endpoint: ``{"error": {"type", "message", "param", ...}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import ServingError
+
+logger = logging.getLogger(__name__)
+
+_STATUS_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limit_error"}
+
+
+def error_response(status_code: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"type": error.get("type", "error"), "message": error.get("message", ""), "param": error.get("param")}
+    body.update({k: v for k, v in error.items() if k not in body})
+    return JSONResponse({"error": body}, status_code=status_code, headers=headers)
+
+
+def validation_error_body(exc: RequestValidationError | ValidationError) -> dict[str, Any]:
+    messages, first_param = [], None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        first_param = first_param or param
+        message = "request body is not valid JSON" if err.get("type") == "json_invalid" else err.get("msg", "invalid")
+        messages.append(f"{param}: {message}" if param else message)
+    return {"type": "invalid_request_error", "message": "; ".join(messages), "param": first_param}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        return error_response(exc.status_code, exc.to_dict())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, validation_error_body(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = _STATUS_TYPES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, {"type": error_type, "message": str(exc.detail)}, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request.scope.get("state", {}).get("request_id", "")
+        logger.exception("unhandled error in request %s", request_id)
+        return error_response(500, {"type": "internal_error", "message": f"internal error (request id {request_id})"})

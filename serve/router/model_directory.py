@@ -1,0 +1,97 @@
+"""Which deployment serves which model, and each model's live status.
+
+The index comes from the validated config, so every model is routable at once. Live status
+comes from each deployment's ``get_config``, bounded by a short timeout: a deployment that is
+starting, scaled to zero or broken shows as ``loading``/``failed`` and never blocks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import NotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    model_id: str
+    type: str
+    deployment: str
+    model_source: str
+    engine_kwargs: dict[str, Any]
+    deployment_config: dict[str, Any]
+    request_timeout_s: float | None = None
+
+
+class ModelDirectory:
+    def __init__(self, entries: list[ModelEntry], handles: dict[str, Any], discovery_timeout_s: float) -> None:
+        self.entries = {e.model_id: e for e in entries}
+        self.handles = handles
+        self.discovery_timeout_s = discovery_timeout_s
+
+    def get(self, model_id: str) -> ModelEntry:
+        entry = self.entries.get(model_id)
+        if entry is None:
+            raise NotFoundError(
+                f"model '{model_id}' not found; available: {', '.join(sorted(self.entries))}",
+                param="model_id", available=sorted(self.entries),
+            )
+        return entry
+
+    def handle_for(self, model_id: str) -> Any:
+        return self.handles[self.get(model_id).deployment]
+
+    async def describe_all(self) -> list[dict[str, Any]]:
+        """Static config merged with live status from every deployment, queried concurrently."""
+        names = sorted(self.handles)
+        results = await asyncio.gather(*(self._discover(name) for name in names))
+        live: dict[str, dict[str, Any]] = {}
+        for name, result in zip(names, results):
+            live.update(result)
+        return [self._describe(entry, live.get(entry.model_id)) for entry in self.entries.values()]
+
+    async def describe(self, model_id: str) -> dict[str, Any]:
+        entry = self.get(model_id)
+        live = await self._discover(entry.deployment)
+        return self._describe(entry, live.get(model_id))
+
+    async def _discover(self, deployment: str) -> dict[str, dict[str, Any]]:
+        """Ask one deployment for its models' status; time out or errors become a status."""
+        try:
+            info = await asyncio.wait_for(self.handles[deployment].get_config.remote(), self.discovery_timeout_s)
+        except asyncio.TimeoutError:
+            return self._fallback(deployment, "loading", "deployment is starting or has no running replica yet")
+        except Exception as exc:  # noqa: BLE001 - an unreachable deployment is a status, not a crash
+            logger.warning("discovery of deployment %s failed: %s", deployment, exc)
+            return self._fallback(deployment, "failed", f"deployment unavailable: {type(exc).__name__}: {exc}"[:500])
+        found = {}
+        for model in info.get("models", []):
+            model = {**model, "replica": {k: info.get(k) for k in ("pid", "node_id", "cuda_visible_devices")}}
+            found[model["model_id"]] = model
+        return found
+
+    def _fallback(self, deployment: str, status: str, error: str) -> dict[str, dict[str, Any]]:
+        return {
+            e.model_id: {"status": status, "error": error}
+            for e in self.entries.values() if e.deployment == deployment
+        }
+
+    @staticmethod
+    def _describe(entry: ModelEntry, live: dict[str, Any] | None) -> dict[str, Any]:
+        live = live or {"status": "loading", "error": None}
+        return {
+            "model_id": entry.model_id,
+            "type": entry.type,
+            "status": live.get("status", "loading"),
+            "error": live.get("error"),
+            "model_source": entry.model_source,
+            "deployment": entry.deployment,
+            "engine_kwargs": entry.engine_kwargs,
+            "deployment_config": entry.deployment_config,
+            **{k: live[k] for k in ("load_seconds", "stats", "replica") if k in live},
+        }

@@ -1,0 +1,174 @@
+"""``type: TRANSFORMERS``: any Hugging Face causal LM (local folder or GGUF file) on CPU or CUDA.
+
+Requests are decoded together by a continuous batcher (``servers.generation.batcher``) that
+runs in its own thread, so the replica's event loop stays free and tokens stream as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from typing import Any, AsyncIterator
+
+from common.errors import EngineError, InvalidRequestError
+from configs.llm_models import LLMParams, TransformersEngineConfig
+from servers.base_engine import BaseEngine, EngineRequest
+from servers.registry import register_engine
+
+logger = logging.getLogger(__name__)
+
+
+@register_engine("TRANSFORMERS")
+class TransformersEngine(BaseEngine):
+    config_model = TransformersEngineConfig
+    params_model = LLMParams
+    engine_config: TransformersEngineConfig
+
+    def __init__(self, config: Any, engine_config: TransformersEngineConfig) -> None:
+        super().__init__(config, engine_config)
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self.device = "cpu"
+        self.max_model_len = 0
+        self._batcher: Any = None
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._load)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from cloud.cloud_utils import resolve_model_source
+        from servers.generation.batcher import ContinuousBatcher, check_cache_supported
+
+        cfg = self.engine_config
+        torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+        self.device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        source = resolve_model_source(self.config.model_loading_config.model_source)
+        common = {"gguf_file": cfg.gguf_file, "trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+        self.tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(torch), **common)
+        self.model.to(self.device).eval()
+        context = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.max_model_len = min(cfg.max_model_len or context, context)
+        with torch.inference_mode():  # one token through the model: fails now rather than on a request
+            probe = self.model(input_ids=torch.tensor([[self._eos_ids()[0]]], device=self.device), use_cache=True)
+        check_cache_supported(probe.past_key_values)
+        self._batcher = ContinuousBatcher(self.model, self.device, set(self._eos_ids()), cfg.max_batch_size)
+        self._batcher.start()
+        logger.info("loaded %s on %s (%s threads, context %d)", self.model_id, self.device, torch.get_num_threads(), self.max_model_len)
+
+    def _dtype(self, torch: Any) -> Any:
+        name = self.engine_config.dtype
+        if name == "auto":
+            if self.device == "cpu":
+                return torch.float32
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return getattr(torch, name)
+
+    def _eos_ids(self) -> list[int]:
+        ids: list[int] = []
+        for value in (getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            for token in value if isinstance(value, list) else [value]:
+                if token is not None and token not in ids:
+                    ids.append(int(token))
+        if not ids:
+            raise ValueError("the model defines no end-of-sequence token")
+        return ids
+
+    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
+        from servers.generation.batcher import GenerationJob, TokenEvent
+        from servers.generation.detokenizer import IncrementalDetokenizer
+        from servers.generation.sampling import SequenceSampler
+
+        params: LLMParams = request.params
+        prompt_ids = self._encode(request.input, params)
+        self._check_length(len(prompt_ids), params.max_tokens)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+
+        def emit(event: TokenEvent) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the request's loop is gone; nobody is listening
+                pass
+
+        job = GenerationJob(
+            request_id=request.request_id or uuid.uuid4().hex,
+            prompt_ids=prompt_ids,
+            max_new_tokens=params.max_tokens,
+            sampler=SequenceSampler(params, prompt_ids, self._vocab_size()),
+            detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
+            emit=emit,
+        )
+        self._batcher.submit(job)
+        finished = False
+        try:
+            while not finished:
+                batch = [await events.get()]
+                while not events.empty():  # coalesce tokens that arrived meanwhile into one chunk
+                    batch.append(events.get_nowait())
+                last = batch[-1]
+                if last.error is not None:
+                    raise EngineError(f"generation failed: {type(last.error).__name__}: {last.error}")
+                finished = last.finish_reason is not None
+                chunk: dict[str, Any] = {"text": "".join(e.text for e in batch), "finish_reason": last.finish_reason}
+                if finished:
+                    chunk["usage"] = _usage(len(prompt_ids), last.completion_tokens)
+                yield chunk
+        finally:
+            if not finished:
+                self._batcher.cancel(job)
+
+    def _encode(self, value: Any, params: LLMParams) -> list[int]:
+        if isinstance(value, dict):
+            raise InvalidRequestError("TRANSFORMERS models take text or a list of chat messages as input", param="input")
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        if isinstance(value, list):
+            if not has_template:
+                raise InvalidRequestError(f"model '{self.model_id}' has no chat template; send a string", param="input")
+            text = self.tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if has_template and self.engine_config.use_chat_template and not params.raw_prompt:
+            return self._encode([{"role": "user", "content": value}], params)
+        return self.tokenizer(value)["input_ids"]
+
+    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
+        if prompt_tokens >= self.max_model_len:
+            raise InvalidRequestError(
+                f"input is {prompt_tokens} tokens; the model's context is {self.max_model_len} tokens",
+                param="input", code="context_length_exceeded",
+            )
+        if prompt_tokens + max_tokens > self.max_model_len:
+            raise InvalidRequestError(
+                f"max_tokens ({max_tokens}) + input ({prompt_tokens} tokens) exceeds the model's context of "
+                f"{self.max_model_len} tokens; use max_tokens <= {self.max_model_len - prompt_tokens}",
+                param="params.max_tokens", code="context_length_exceeded",
+            )
+
+    def _vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    async def check_health(self) -> None:
+        if self._batcher is not None and not self._batcher.is_alive():
+            raise RuntimeError(f"generation thread of '{self.model_id}' died")
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._batcher.stop)
+        self.model = None
+        self._batcher = None
+
+    def stats(self) -> dict[str, Any]:
+        return self._batcher.stats() if self._batcher is not None else {}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -1,0 +1,121 @@
+"""Shared fixtures: model folders, and one real Ray Serve application per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMOLLM2_DIR = REPO_ROOT / "models" / "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Ray workers start at niceness 15 and the proxy's 5 s ready check fails on a busy 2-core box.
+os.environ.setdefault("RAY_worker_niceness", "0")
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    if not (SMOLLM2_DIR / SMOLLM2_GGUF).exists():
+        pytest.fail("SmolLM2 model files missing: run `make models` (the README's test command does)")
+    return SMOLLM2_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
+    """The app every integration test talks to: a real LLM, fake engines, a broken model."""
+    echo = lambda model_id, deployment, **kwargs: {  # noqa: E731
+        "model_loading_config": {"model_id": model_id, "model_source": "none", "type": "FAKE_ECHO"},
+        "deployment_config": {"name": deployment, "ray_actor_options": {"num_cpus": 0.1}},
+        "engine_kwargs": kwargs,
+    }
+    return {
+        "engine_modules": ["tests.fake_engines"],
+        "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0},
+        "llm_configs": [
+            {
+                "model_loading_config": {"model_id": "smollm2-135m-instruct", "model_source": str(smollm2), "type": "TRANSFORMERS"},
+                "deployment_config": {"name": "smollm2", "ray_actor_options": {"num_cpus": 0.3}},
+                "engine_kwargs": {"gguf_file": SMOLLM2_GGUF, "dtype": "float32", "max_batch_size": 8},
+            },
+            echo("echo-a", "echo-shared", prefix="a:"),
+            {**echo("org/echo-b", "echo-shared", prefix="b:"), "deployment_config": {"name": "echo-shared"}},
+            {
+                "model_loading_config": {"model_id": "broken-llm", "model_source": str(broken_dir), "type": "TRANSFORMERS"},
+                "deployment_config": {"name": "echo-shared"},
+            },
+            {**echo("echo-solo", "echo-solo"), "request_timeout_s": 2.0},
+            echo("slow-start", "slow-start", start_delay_s=3600),
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start Ray, deploy the integration app through ``vllm_host.build_app``, yield its base URL."""
+    import ray
+    from ray import serve
+
+    import vllm_host
+
+    broken = tmp_path_factory.mktemp("broken-model")  # an empty folder: transformers cannot load it
+    port = free_port()
+    ray.init(
+        address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "RAY_worker_niceness": "0"}},
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = vllm_host.build_app(integration_app_args(smollm2_dir, broken))
+    serve.run(app, name="default", route_prefix="/", blocking=False)
+    base_url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200, timeout=120)
+    try:
+        yield base_url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture()
+def client(serve_app: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=serve_app, timeout=120) as c:
+        yield c
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last error: {last})")
+
+
+def model_status(client: httpx.Client, model_id: str) -> dict[str, Any]:
+    return client.get(f"/v1/models/{model_id}").json()
+
+
+def wait_ready(client: httpx.Client, model_id: str, timeout: float = 240) -> None:
+    wait_until(lambda: model_status(client, model_id)["status"] == "ready", timeout=timeout, interval=1)

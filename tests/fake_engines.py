@@ -1,0 +1,69 @@
+"""Fake engines for testing the platform around engines (routing, streaming, errors, status).
+
+They load no model: never use them to claim anything about model behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, AsyncIterator
+
+from pydantic import Field
+
+from common.base_pydantic import BasePydantic
+from common.errors import InvalidRequestError
+from servers.base_engine import BaseEngine, EngineRequest
+from servers.registry import register_engine
+
+
+class FakeEchoKwargs(BasePydantic):
+    start_delay_s: float = Field(default=0.0, ge=0)
+    fail_on_start: bool = False
+    prefix: str = ""
+
+
+class FakeEchoParams(BasePydantic):
+    delay_s: float = Field(default=0.0, ge=0, le=60)
+    repeat: int = Field(default=1, ge=1, le=10_000)
+    fail_after: int | None = Field(default=None, ge=0, description="Raise an unexpected error after N chunks.")
+
+
+@register_engine("FAKE_ECHO")
+class FakeEchoEngine(BaseEngine):
+    """Echoes the input's words back, one chunk per word, optionally slowly or failing."""
+
+    config_model = FakeEchoKwargs
+    params_model = FakeEchoParams
+    engine_config: FakeEchoKwargs
+
+    def __init__(self, config: Any, engine_config: FakeEchoKwargs) -> None:
+        super().__init__(config, engine_config)
+        self.chunks_sent = 0
+        self.cancelled = 0
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.engine_config.start_delay_s)
+        if self.engine_config.fail_on_start:
+            raise RuntimeError("fake engine configured to fail on start")
+
+    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
+        if not isinstance(request.input, str):
+            raise InvalidRequestError("FAKE_ECHO takes a string input", param="input")
+        params: FakeEchoParams = request.params
+        words = (self.engine_config.prefix + request.input).split(" ") * params.repeat
+        try:
+            for i, word in enumerate(words):
+                if params.fail_after is not None and i >= params.fail_after:
+                    raise RuntimeError("fake engine failure")
+                if params.delay_s:
+                    await asyncio.sleep(params.delay_s)
+                self.chunks_sent += 1
+                yield {"text": word if i == 0 else " " + word, "finish_reason": None}
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+        yield {"text": "", "finish_reason": "stop", "usage": {"prompt_tokens": len(words), "completion_tokens": len(words), "total_tokens": 2 * len(words)}}
+
+    def stats(self) -> dict[str, Any]:
+        return {"chunks_sent": self.chunks_sent, "cancelled": self.cancelled, "pid": os.getpid()}

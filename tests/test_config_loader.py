@@ -1,0 +1,164 @@
+"""Config validation happens before Ray starts, and every error names file, entry and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import vllm_host
+from configs.loader import ConfigError, load_app_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def entry(model_id: str = "m1", type_: str = "TRANSFORMERS", **extra: Any) -> dict[str, Any]:
+    return {"model_loading_config": {"model_id": model_id, "model_source": "models/x", "type": type_}, **extra}
+
+
+def write_config(tmp_path: Path, entries: list[Any], **args: Any) -> Path:
+    doc = {"applications": [{"name": "default", "import_path": "vllm_host:build_app", "route_prefix": "/",
+                             "args": {"llm_configs": entries, **args}}]}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        vllm_host.load_multi_model_config(str(path))
+    message = str(info.value)
+    assert str(path) in message
+    return message
+
+
+def test_default_model_config_is_a_valid_serve_config() -> None:
+    doc = yaml.safe_load((REPO_ROOT / "model_config.yaml").read_text())
+    app = doc["applications"][0]
+    assert app["import_path"] == "vllm_host:build_app" and app["route_prefix"] == "/"
+    models = vllm_host.load_multi_model_config(str(REPO_ROOT / "model_config.yaml"))
+    assert [m.model_id for m in models][0] == "smollm2-135m-instruct"
+    assert Path(models[0].model_loading_config.model_source).is_absolute()  # resolved next to the YAML
+
+
+def test_bare_llm_configs_document_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bare.yaml"
+    path.write_text(yaml.safe_dump({"llm_configs": [entry()]}))
+    assert vllm_host.load_multi_model_config(str(path))[0].model_id == "m1"
+
+
+def test_inline_args_as_serve_run_of_a_config_file_passes_them() -> None:
+    loaded = load_app_config({"llm_configs": [entry()]}, default_path="unused.yaml")
+    assert loaded.source == "application args" and loaded.models[0].engine_type == "TRANSFORMERS"
+
+
+def test_config_path_arg_selects_the_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, [entry("picked")])
+    assert load_app_config({"config_path": str(path)}, default_path="nope.yaml").models[0].model_id == "picked"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "file not found" in load_error(tmp_path / "absent.yaml")
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("applications: [\n  - name: x\n   bad indent")
+    assert "not valid YAML" in load_error(path)
+
+
+def test_unknown_key_in_entry_names_entry_and_field(tmp_path: Path) -> None:
+    message = load_error(write_config(tmp_path, [entry(enigne_kwargs={})]))
+    assert "llm_configs[0] (model_id 'm1')" in message and "enigne_kwargs: unknown field" in message
+    assert "did you mean 'engine_kwargs'" in message
+
+
+def test_unknown_key_in_model_loading_config(tmp_path: Path) -> None:
+    bad = entry()
+    bad["model_loading_config"]["model_sauce"] = "x"
+    message = load_error(write_config(tmp_path, [bad]))
+    assert "model_loading_config.model_sauce: unknown field (did you mean 'model_source'?)" in message
+
+
+def test_missing_required_field(tmp_path: Path) -> None:
+    bad = entry()
+    del bad["model_loading_config"]["model_source"]
+    assert "model_loading_config.model_source: Field required" in load_error(write_config(tmp_path, [bad]))
+
+
+def test_duplicate_model_ids(tmp_path: Path) -> None:
+    message = load_error(write_config(tmp_path, [entry("same"), entry("same")]))
+    assert "'same' is used by 2 entries" in message
+
+
+def test_unknown_engine_type_suggests_close_match(tmp_path: Path) -> None:
+    message = load_error(write_config(tmp_path, [entry(type_="TRANSFORMER")]))
+    assert "model_loading_config.type: unknown engine type 'TRANSFORMER'" in message
+    assert "did you mean 'TRANSFORMERS'" in message
+
+
+def test_deployment_option_ray_does_not_accept(tmp_path: Path) -> None:
+    message = load_error(write_config(tmp_path, [entry(deployment_config={"max_ongoing_requets": 5})]))
+    assert "llm_configs[0] (model_id 'm1'): deployment_config.max_ongoing_requets: not a Ray Serve deployment option" in message
+    assert "did you mean 'max_ongoing_requests'" in message
+
+
+def test_deployment_option_value_ray_rejects(tmp_path: Path) -> None:
+    bad = entry(deployment_config={"autoscaling_config": {"min_replicas": 3, "max_replicas": 1}})
+    assert "deployment_config.autoscaling_config" in load_error(write_config(tmp_path, [bad]))
+    bad = entry(deployment_config={"ray_actor_options": {"num_cpu": 1}})
+    assert "num_cpu" in load_error(write_config(tmp_path, [bad]))
+
+
+def test_engine_kwargs_checked_by_engine_model(tmp_path: Path) -> None:
+    message = load_error(write_config(tmp_path, [entry(engine_kwargs={"max_batch_sise": 4, "dtype": "float8"})]))
+    assert "engine_kwargs.max_batch_sise: unknown field (did you mean 'max_batch_size'?)" in message
+    assert "engine_kwargs.dtype:" in message
+
+
+def test_all_problems_reported_together(tmp_path: Path) -> None:
+    message = load_error(write_config(tmp_path, [entry("a", type_="NOPE"), entry("b", engine_kwargs={"x": 1})]))
+    assert "llm_configs[0] (model_id 'a')" in message and "llm_configs[1] (model_id 'b')" in message
+
+
+def test_invalid_model_id(tmp_path: Path) -> None:
+    assert "model_loading_config.model_id" in load_error(write_config(tmp_path, [entry("../etc/passwd")]))
+
+
+def test_shared_deployment_with_conflicting_options(tmp_path: Path) -> None:
+    a = entry("a", deployment_config={"name": "shared", "max_ongoing_requests": 4})
+    b = entry("b", deployment_config={"name": "shared", "max_ongoing_requests": 8})
+    assert "shares deployment 'shared'" in load_error(write_config(tmp_path, [a, b]))
+
+
+def test_empty_model_list(tmp_path: Path) -> None:
+    assert "at least one model" in load_error(write_config(tmp_path, []))
+
+
+def test_router_config_typo(tmp_path: Path) -> None:
+    message = load_error(write_config(tmp_path, [entry()], router_config={"request_timeout": 5}))
+    assert "router_config.request_timeout: unknown field (did you mean 'request_timeout_s'?)" in message
+
+
+def test_application_without_our_builder(tmp_path: Path) -> None:
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump({"applications": [{"name": "x", "import_path": "other:app"}]}))
+    assert "import_path 'vllm_host:build_app'" in load_error(path)
+
+
+def test_build_app_groups_entries_by_deployment_name() -> None:
+    args = {
+        "engine_modules": ["tests.fake_engines"],
+        "llm_configs": [
+            {"model_loading_config": {"model_id": i, "model_source": "x", "type": "FAKE_ECHO"},
+             "deployment_config": {"name": d, "ray_actor_options": {"num_cpus": 0.1}} if i in ("a", "c") else {"name": d}}
+            for i, d in (("a", "shared"), ("b", "shared"), ("c", "solo"))
+        ],
+    }
+    app = vllm_host.build_app(args)
+    handles, index, _router = app._bound_deployment.init_args
+    assert sorted(handles) == ["shared", "solo"]
+    assert [e["deployment"] for e in index] == ["shared", "shared", "solo"]
+    assert handles["shared"]._bound_deployment.ray_actor_options["num_cpus"] == 0.1

@@ -1,0 +1,97 @@
+"""Entry point: ``serve run vllm_host:build_app`` builds the whole application from the YAML.
+
+This is the only place where Serve decorators are applied: one ``MultiModelDeployment`` per
+deployment name (entries sharing a ``deployment_config.name`` share replicas) and one
+``MultiModelRouter`` ingress bound to all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import defaultdict
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from rich.console import Console
+from rich.table import Table
+
+from common import constants
+from configs.loader import ConfigError, load_app_config
+from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig
+from serve.deployments.multi_model_deployment import MultiModelDeployment
+from serve.router.router import RouterIngress
+
+logger = logging.getLogger(__name__)
+
+ROUTER_DEPLOYMENT_NAME = "MultiModelRouter"
+
+
+def build_app(args: AppArgs) -> Application:
+    """Ray Serve application builder (``args`` from ``key=value`` CLI pairs or a config's ``args:``)."""
+    try:
+        loaded = load_app_config(args, default_path=constants.MODEL_CONFIG_PATH)
+    except ConfigError as err:
+        Console(stderr=True).print(f"[bold red]{err}[/bold red]", highlight=False)
+        raise
+    print_configs(loaded.models)
+    return build_application(loaded)
+
+
+def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:
+    """Validated model entries of a YAML file (Serve config or bare ``llm_configs``)."""
+    return load_app_config({"config_path": yaml_path}, default_path=yaml_path).models
+
+
+def build_application(loaded: LoadedConfig) -> Application:
+    groups: dict[str, list[MultiModelConfig]] = defaultdict(list)
+    for entry in loaded.models:
+        groups[entry.deployment_name()].append(entry)
+    handles = {name: _bind_model_deployment(name, entries, loaded.engine_modules) for name, entries in groups.items()}
+    router = loaded.router
+    ingress = serve.deployment(
+        RouterIngress,
+        name=ROUTER_DEPLOYMENT_NAME,
+        num_replicas=router.num_replicas,
+        max_ongoing_requests=router.max_ongoing_requests,
+        ray_actor_options={"num_cpus": router.num_cpus},
+    )
+    return ingress.bind(handles, [_index_entry(m) for m in loaded.models], router.model_dump())
+
+
+def _bind_model_deployment(name: str, entries: list[MultiModelConfig], engine_modules: list[str]) -> Application:
+    options: dict[str, Any] = {}
+    for entry in entries:  # the loader guarantees sharing entries agree
+        options.update({k: v for k, v in entry.deployment_config.items() if k != "name"})
+    deployment = serve.deployment(MultiModelDeployment, name=name, **options)
+    return deployment.bind([e.model_dump() for e in entries], engine_modules)
+
+
+def _index_entry(entry: MultiModelConfig) -> dict[str, Any]:
+    return {
+        "model_id": entry.model_id,
+        "type": entry.engine_type,
+        "deployment": entry.deployment_name(),
+        "model_source": entry.model_loading_config.model_source,
+        "engine_kwargs": entry.engine_kwargs,
+        "deployment_config": entry.deployment_config,
+        "request_timeout_s": entry.request_timeout_s,
+    }
+
+
+def print_configs(configs: list[MultiModelConfig]) -> None:
+    """A table of what is about to be deployed, for the human running ``serve run``."""
+    table = Table(title="Models")
+    for column in ("model_id", "type", "source", "deployment", "replicas", "CPUs", "GPUs"):
+        table.add_column(column)
+    for cfg in configs:
+        dc = cfg.deployment_config
+        actor = dc.get("ray_actor_options") or {}
+        auto = dc.get("autoscaling_config")
+        replicas = f"{auto.get('min_replicas', 1)}-{auto.get('max_replicas', 1)}" if auto else str(dc.get("num_replicas", 1))
+        table.add_row(
+            cfg.model_id, cfg.engine_type, cfg.model_loading_config.model_source, cfg.deployment_name(),
+            replicas, str(actor.get("num_cpus", "default")), str(actor.get("num_gpus", 0)),
+        )
+    Console(stderr=True, width=None if sys.stderr.isatty() else 160).print(table)
