@@ -17,11 +17,12 @@ from ray.serve import Application
 from rich.console import Console
 from rich.table import Table
 
-from common import constants
+from common import constants, endpoints
 from configs.loader import ConfigError, load_app_config
 from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig
 from serve.deployments.multi_model_deployment import MultiModelDeployment
 from serve.router.router import RouterIngress
+from servers.registry import get_engine_class
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def _index_entry(entry: MultiModelConfig) -> dict[str, Any]:
         "engine_kwargs": entry.engine_kwargs,
         "deployment_config": entry.deployment_config,
         "request_timeout_s": entry.request_timeout_s,
+        "endpoints": [endpoints.INFER, *get_engine_class(entry.engine_type).openai_endpoints],
     }
 
 

@@ -18,7 +18,7 @@ class ServingError(Exception):
         self.extra = extra
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": self.error_type, "message": self.message, "param": self.param}
+        body: dict[str, Any] = {"type": self.error_type, "message": self.message, "param": self.param, "code": None}
         body.update(self.extra)
         return body
 

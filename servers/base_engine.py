@@ -68,6 +68,8 @@ class BaseEngine(ABC):
     engine_type: ClassVar[str] = ""
     config_model: ClassVar[type[BasePydantic]] = NoEngineKwargs
     params_model: ClassVar[type[BasePydantic]] = NoParams
+    # OpenAI-compatible endpoints this engine type can back, besides /v1/infer (see common.endpoints).
+    openai_endpoints: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: "MultiModelConfig", engine_config: BasePydantic) -> None:
         self.config = config

@@ -12,6 +12,7 @@ import os
 import uuid
 from typing import Any, AsyncIterator
 
+from common import endpoints
 from common.errors import EngineError, InvalidRequestError
 from configs.llm_models import LLMParams, TransformersEngineConfig
 from servers.base_engine import BaseEngine, EngineRequest
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 class TransformersEngine(BaseEngine):
     config_model = TransformersEngineConfig
     params_model = LLMParams
+    openai_endpoints = endpoints.TEXT_GENERATION
     engine_config: TransformersEngineConfig
 
     def __init__(self, config: Any, engine_config: TransformersEngineConfig) -> None:

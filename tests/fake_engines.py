@@ -35,6 +35,7 @@ class FakeEchoEngine(BaseEngine):
 
     config_model = FakeEchoKwargs
     params_model = FakeEchoParams
+    openai_endpoints = ()  # not an LLM: it serves /v1/infer only
     engine_config: FakeEchoKwargs
 
     def __init__(self, config: Any, engine_config: FakeEchoKwargs) -> None:

@@ -19,7 +19,8 @@ _STATUS_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "payloa
 
 
 def error_response(status_code: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"type": error.get("type", "error"), "message": error.get("message", ""), "param": error.get("param")}
+    body = {"type": error.get("type", "error"), "message": error.get("message", ""), "param": error.get("param"),
+            "code": error.get("code")}
     body.update({k: v for k, v in error.items() if k not in body})
     return JSONResponse({"error": body}, status_code=status_code, headers=headers)
 

@@ -7,6 +7,8 @@ import re
 import uuid
 from typing import Any, Awaitable, Callable
 
+from starlette.exceptions import HTTPException
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -14,8 +16,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """An HTTPException, so FastAPI's body parsing re-raises it instead of answering 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
 
 
 class RequestContextMiddleware:
@@ -49,7 +54,7 @@ class RequestContextMiddleware:
             if limit and message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(limit)
             return message
 
         async def send_with_id(message: dict[str, Any]) -> None:
@@ -69,7 +74,8 @@ class RequestContextMiddleware:
 
 async def _send_too_large(send: Send, request_id: str, limit: int) -> None:
     body = json.dumps(
-        {"error": {"type": "payload_too_large", "message": f"request body exceeds {limit} bytes", "param": None, "limit_bytes": limit}}
+        {"error": {"type": "payload_too_large", "message": f"request body exceeds {limit} bytes", "param": None,
+                   "code": None, "limit_bytes": limit}}
     ).encode()
     await send(
         {

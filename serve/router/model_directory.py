@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import NotFoundError
+from common.errors import InvalidRequestError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class ModelEntry:
     engine_kwargs: dict[str, Any]
     deployment_config: dict[str, Any]
     request_timeout_s: float | None = None
+    endpoints: tuple[str, ...] = ()
 
 
 class ModelDirectory:
@@ -34,12 +35,22 @@ class ModelDirectory:
         self.handles = handles
         self.discovery_timeout_s = discovery_timeout_s
 
-    def get(self, model_id: str) -> ModelEntry:
+    def get(self, model_id: str, param: str = "model_id") -> ModelEntry:
         entry = self.entries.get(model_id)
         if entry is None:
             raise NotFoundError(
                 f"model '{model_id}' not found; available: {', '.join(sorted(self.entries))}",
-                param="model_id", available=sorted(self.entries),
+                param=param, code="model_not_found", available=sorted(self.entries),
+            )
+        return entry
+
+    def get_for_endpoint(self, model_id: str, endpoint: str) -> ModelEntry:
+        """The model, if its engine type backs ``endpoint``; else a 400 saying what it serves."""
+        entry = self.get(model_id, param="model")
+        if endpoint not in entry.endpoints:
+            raise InvalidRequestError(
+                f"model '{model_id}' ({entry.type}) does not serve {endpoint}; it serves: {', '.join(entry.endpoints)}",
+                param="model", code="unsupported_endpoint",
             )
         return entry
 
@@ -93,5 +104,6 @@ class ModelDirectory:
             "deployment": entry.deployment,
             "engine_kwargs": entry.engine_kwargs,
             "deployment_config": entry.deployment_config,
+            "endpoints": list(entry.endpoints),
             **{k: live[k] for k in ("load_seconds", "stats", "replica") if k in live},
         }

@@ -7,26 +7,25 @@ applies ``serve.deployment`` to it.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from common.errors import InvalidRequestError, RequestTimeoutError, ServingError, error_from_dict
-from common.sse import SSE_DONE, sse_event
+from common.errors import error_from_dict
 from configs.infer_models import InferRequest
 from configs.server_models import RouterConfig
-from serve.router.http_errors import error_response, install_error_handlers, validation_error_body
+from serve.router.http_errors import install_error_handlers
 from serve.router.middleware import RequestContextMiddleware
 from serve.router.model_directory import ModelDirectory, ModelEntry
+from serve.router.openai_routes import OpenAIRoutes, openai_router
 from serve.router.openapi import document_json_body
+from serve.router.request_body import parse_json_body
+from serve.router.streaming import InferEncoder, collect, sse_response
 
 logger = logging.getLogger("serve.router")
 
@@ -37,12 +36,15 @@ router_app = FastAPI(
 )
 router_app.add_middleware(RequestContextMiddleware)
 install_error_handlers(router_app)
+router_app.include_router(openai_router)
 
 
-class MultiModelRouter:
+class MultiModelRouter(OpenAIRoutes):
     def __init__(self, handles: dict[str, Any], model_entries: list[dict[str, Any]], router_config: dict[str, Any]) -> None:
         self.config = RouterConfig.model_validate(router_config)
-        self.directory = ModelDirectory([ModelEntry(**e) for e in model_entries], handles, self.config.discovery_timeout_s)
+        self.created = int(time.time())
+        entries = [ModelEntry(**{**e, "endpoints": tuple(e.get("endpoints", ()))}) for e in model_entries]
+        self.directory = ModelDirectory(entries, handles, self.config.discovery_timeout_s)
         router_app.state.max_request_body_bytes = self.config.max_request_body_bytes
         if self.config.cors_origins:
             router_app.add_middleware(
@@ -55,7 +57,7 @@ class MultiModelRouter:
     @router_app.post("/v1/infer", openapi_extra=document_json_body(InferRequest), response_model=None)
     async def infer(self, request: Request) -> Response:
         """Run any model: text or chat messages for LLMs, media for audio/vision/video models."""
-        body = await _parse_body(request, InferRequest)
+        body = await parse_json_body(request, InferRequest)
         entry = self.directory.get(body.model_id)  # 404 before any work
         payload = {
             "request_id": request.scope["state"]["request_id"],
@@ -67,17 +69,22 @@ class MultiModelRouter:
         timeout = entry.request_timeout_s or self.config.request_timeout_s
         chunks = self._stream(payload)
         if body.stream:
-            return await self._sse_response(chunks, body.model_id, timeout)
-        return JSONResponse(await self._collect(chunks, body.model_id, timeout))
+            return await sse_response(chunks, timeout, InferEncoder(body.model_id))
+        return JSONResponse({"model_id": body.model_id, **await collect(chunks, timeout)})
 
     @router_app.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
-        """Every configured model with its live status (``ready``, ``loading`` or ``failed``)."""
-        return {"models": await self.directory.describe_all()}
+        """Every model with its live status, in our shape (``models``) and OpenAI's (``object``/``data``)."""
+        models = await self.directory.describe_all()
+        return {"object": "list", "data": [self._model_card(m) for m in models], "models": models}
 
     @router_app.get("/v1/models/{model_id:path}")
     async def model_info(self, model_id: str) -> dict[str, Any]:
-        return await self.directory.describe(model_id)
+        model = await self.directory.describe(model_id)
+        return {**self._model_card(model), **model}
+
+    def _model_card(self, model: dict[str, Any]) -> dict[str, Any]:
+        return {"id": model["model_id"], "object": "model", "created": self.created, "owned_by": "modelhost"}
 
     @router_app.get("/v1/health")
     async def health(self) -> JSONResponse:
@@ -99,68 +106,6 @@ class MultiModelRouter:
                 yield chunk
         finally:
             response.cancel()  # no-op when finished; stops the engine when the client went away
-
-    async def _collect(self, chunks: AsyncIterator[dict[str, Any]], model_id: str, timeout: float) -> dict[str, Any]:
-        """Merge a response's chunks: text deltas are concatenated, other fields keep their last value."""
-        result: dict[str, Any] = {"model_id": model_id}
-        text: list[str] = []
-        has_text = False
-        try:
-            async with asyncio.timeout(timeout):
-                async for chunk in chunks:
-                    if "text" in chunk:
-                        has_text = True
-                        text.append(chunk["text"] or "")
-                    result.update({k: v for k, v in chunk.items() if k != "text" and v is not None})
-        except TimeoutError:
-            raise RequestTimeoutError(f"request did not finish within {timeout:g}s", timeout_s=timeout) from None
-        finally:
-            await chunks.aclose()
-        return {"text": "".join(text), **result} if has_text else result
-
-    async def _sse_response(self, chunks: AsyncIterator[dict[str, Any]], model_id: str, timeout: float) -> Response:
-        """Wait for the first chunk so errors before any output get a real HTTP status."""
-        deadline = time.monotonic() + timeout
-        try:
-            first = await asyncio.wait_for(anext(chunks), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
-            await chunks.aclose()
-            raise RequestTimeoutError(f"no output within {timeout:g}s", timeout_s=timeout) from None
-        except StopAsyncIteration:
-            first = None
-
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                if first is not None:
-                    yield sse_event({"model_id": model_id, **first})
-                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                        async for chunk in chunks:
-                            yield sse_event({"model_id": model_id, **chunk})
-            except ServingError as err:
-                yield sse_event({"error": err.to_dict(), "status_code": err.status_code})
-            except TimeoutError:
-                yield sse_event({"error": RequestTimeoutError(f"request did not finish within {timeout:g}s").to_dict()})
-            finally:
-                await chunks.aclose()
-            yield SSE_DONE
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
-
-
-async def _parse_body(request: Request, model: type[InferRequest]) -> InferRequest:
-    """Parse JSON whatever the content type (``curl -d`` sends form-encoded), then validate."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = validation_error_body(exc)
-        raise InvalidRequestError(err["message"], param=err["param"]) from None
 
 
 RouterIngress = serve.ingress(router_app)(MultiModelRouter)

@@ -1,0 +1,85 @@
+"""OpenAI-compatible request and response schemas (``/v1/chat/completions``, ``/v1/completions``, ...).
+
+Requests tolerate fields that OpenAI clients commonly send (``LenientPydantic``); fields we accept
+but cannot honour are rejected explicitly in ``serve/router/openai_adapter.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from common.base_pydantic import LenientPydantic
+
+
+class ContentPart(LenientPydantic):
+    type: str
+    text: str | None = None
+
+
+class OpenAIChatMessage(LenientPydantic):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(LenientPydantic):
+    include_usage: bool = False
+
+
+class SamplingFields(LenientPydantic):
+    """Fields shared by chat and text completions; engines' own validation applies after mapping."""
+
+    model_config = LenientPydantic.model_config | {"allow_inf_nan": False}
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = 1
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[OpenAIChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    functions: list[dict[str, Any]] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class CompletionUsage(LenientPydantic):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ModelCard(LenientPydantic):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")

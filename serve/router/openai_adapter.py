@@ -1,0 +1,149 @@
+"""Translation between OpenAI's API and our engine chunks: requests in, responses and SSE events out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from common.errors import InvalidRequestError
+from configs.open_api_models import ChatCompletionRequest, CompletionRequest, SamplingFields
+
+OPENAI_DEFAULT_TEMPERATURE = 1.0
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty", "repetition_penalty", "seed")
+
+
+def _reject_unsupported(req: SamplingFields) -> None:
+    """Fields clients send that we cannot honour fail loudly instead of being ignored."""
+    checks: list[tuple[bool, str, str]] = [
+        ((req.n or 1) != 1, "n", "only n=1 is supported"),
+        (bool(req.logprobs), "logprobs", "logprobs are not supported"),
+        (bool(req.logit_bias), "logit_bias", "logit_bias is not supported"),
+    ]
+    if isinstance(req, ChatCompletionRequest):
+        fmt = (req.response_format or {}).get("type", "text")
+        checks += [
+            (bool(req.tools) or bool(req.functions), "tools", "tool calling is not supported"),
+            (req.tool_choice not in (None, "none", "auto"), "tool_choice", "tool calling is not supported"),
+            (fmt != "text", "response_format", f"response_format {fmt!r} is not supported; only 'text'"),
+            (bool(req.top_logprobs), "top_logprobs", "logprobs are not supported"),
+        ]
+    if isinstance(req, CompletionRequest):
+        checks += [
+            (bool(req.echo), "echo", "echo is not supported"),
+            ((req.best_of or 1) != 1, "best_of", "only best_of=1 is supported"),
+            (req.suffix is not None, "suffix", "suffix is not supported"),
+        ]
+    for failed, param, message in checks:
+        if failed:
+            raise InvalidRequestError(message, param=param, code="unsupported_parameter")
+
+
+def _params(req: SamplingFields, max_tokens: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {k: getattr(req, k) for k in _SAMPLING_KEYS if getattr(req, k) is not None}
+    params.setdefault("temperature", OPENAI_DEFAULT_TEMPERATURE)
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    if req.stop is not None:
+        params["stop"] = req.stop
+    return params
+
+
+def chat_input(req: ChatCompletionRequest) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    _reject_unsupported(req)
+    messages = []
+    for i, message in enumerate(req.messages):
+        if message.role in ("tool", "function"):
+            raise InvalidRequestError("tool messages are not supported", param=f"messages.{i}.role")
+        content = message.content or ""
+        if not isinstance(content, str):
+            if any(part.type != "text" for part in content):
+                raise InvalidRequestError("only text content parts are supported", param=f"messages.{i}.content")
+            content = "".join(part.text or "" for part in content)
+        messages.append({"role": "system" if message.role == "developer" else message.role, "content": content})
+    return messages, _params(req, req.max_completion_tokens or req.max_tokens)
+
+
+def completion_input(req: CompletionRequest) -> tuple[str, dict[str, Any]]:
+    _reject_unsupported(req)
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise InvalidRequestError("prompt must be one string (batches and token ids are not supported)", param="prompt")
+        prompt = prompt[0]
+    if not prompt:
+        raise InvalidRequestError("prompt must not be empty", param="prompt")
+    return prompt, {**_params(req, req.max_tokens), "raw_prompt": True}
+
+
+def _usage(merged: dict[str, Any]) -> dict[str, int]:
+    usage = merged.get("usage") or {}
+    return {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def chat_completion(merged: dict[str, Any], model: str, request_id: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": merged.get("text", "")},
+                     "finish_reason": merged.get("finish_reason") or "stop", "logprobs": None}],
+        "usage": _usage(merged),
+    }
+
+
+def text_completion(merged: dict[str, Any], model: str, request_id: str) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "text": merged.get("text", ""), "finish_reason": merged.get("finish_reason") or "stop",
+                     "logprobs": None}],
+        "usage": _usage(merged),
+    }
+
+
+class _StreamEncoder:
+    """Shared SSE logic: one event per text delta, a finish event, then usage when asked for."""
+
+    object_name = ""
+    id_prefix = ""
+
+    def __init__(self, model: str, request_id: str, include_usage: bool) -> None:
+        self.base = {"id": f"{self.id_prefix}-{request_id}", "object": self.object_name, "created": int(time.time()), "model": model}
+        self.include_usage = include_usage
+        self.usage: dict[str, Any] = {}
+
+    def choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def on_chunk(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        events = []
+        if chunk.get("text"):
+            events.append({**self.base, "choices": [self.choice(chunk["text"], None)]})
+        if chunk.get("finish_reason"):
+            self.usage = _usage(chunk)
+            events.append({**self.base, "choices": [self.choice(None, chunk["finish_reason"])]})
+        return events
+
+    def on_end(self) -> list[dict[str, Any]]:
+        return [{**self.base, "choices": [], "usage": self.usage}] if self.include_usage else []
+
+
+class ChatStreamEncoder(_StreamEncoder):
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def __init__(self, model: str, request_id: str, include_usage: bool) -> None:
+        super().__init__(model, request_id, include_usage)
+        self.sent_role = False
+
+    def choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        delta: dict[str, Any] = {} if text is None else {"content": text}
+        if not self.sent_role:
+            delta["role"] = "assistant"
+            self.sent_role = True
+        return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+
+
+class CompletionStreamEncoder(_StreamEncoder):
+    object_name = "text_completion"
+    id_prefix = "cmpl"
+
+    def choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}

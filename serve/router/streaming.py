@@ -1,0 +1,94 @@
+"""Turning a deployment's chunk stream into an HTTP answer: one merged JSON, or SSE events.
+
+Both paths enforce the request's deadline (504) and close the stream on exit, which cancels the
+request in the deployment when the client goes away or time runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Protocol
+
+from fastapi.responses import StreamingResponse
+
+from common.errors import RequestTimeoutError, ServingError
+from common.sse import SSE_DONE, sse_event
+
+Chunks = AsyncIterator[dict[str, Any]]
+
+
+class EventEncoder(Protocol):
+    """Maps engine chunks to the payloads of one API's SSE events."""
+
+    def on_chunk(self, chunk: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def on_end(self) -> list[dict[str, Any]]: ...
+
+
+async def collect(chunks: Chunks, timeout: float) -> dict[str, Any]:
+    """Merge chunks: ``text`` deltas are concatenated, other fields keep their last non-null value."""
+    result: dict[str, Any] = {}
+    text: list[str] = []
+    has_text = False
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in chunks:
+                if "text" in chunk:
+                    has_text = True
+                    text.append(chunk["text"] or "")
+                result.update({k: v for k, v in chunk.items() if k != "text" and v is not None})
+    except TimeoutError:
+        raise RequestTimeoutError(f"request did not finish within {timeout:g}s", timeout_s=timeout) from None
+    finally:
+        await chunks.aclose()
+    return {"text": "".join(text), **result} if has_text else result
+
+
+async def sse_response(chunks: Chunks, timeout: float, encoder: EventEncoder) -> StreamingResponse:
+    """Wait for the first chunk so that errors before any output still get a real HTTP status."""
+    deadline = time.monotonic() + timeout
+    try:
+        first: dict[str, Any] | None = await asyncio.wait_for(anext(chunks), timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        await chunks.aclose()
+        raise RequestTimeoutError(f"no output within {timeout:g}s", timeout_s=timeout) from None
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await chunks.aclose()
+        raise
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                for payload in encoder.on_chunk(first):
+                    yield sse_event(payload)
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    async for chunk in chunks:
+                        for payload in encoder.on_chunk(chunk):
+                            yield sse_event(payload)
+            for payload in encoder.on_end():
+                yield sse_event(payload)
+        except ServingError as err:
+            yield sse_event({"error": err.to_dict()})
+        except TimeoutError:
+            yield sse_event({"error": RequestTimeoutError(f"request did not finish within {timeout:g}s").to_dict()})
+        finally:
+            await chunks.aclose()
+        yield SSE_DONE
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+class InferEncoder:
+    """``/v1/infer`` events: each chunk as-is, tagged with the model id."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+
+    def on_chunk(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"model_id": self.model_id, **chunk}]
+
+    def on_end(self) -> list[dict[str, Any]]:
+        return []
