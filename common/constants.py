@@ -31,6 +31,9 @@ MAX_REQUEST_BODY_BYTES = _env_int("MAX_REQUEST_BODY_BYTES", 32 * 1024 * 1024)
 DEFAULT_MAX_TOKENS = _env_int("DEFAULT_MAX_TOKENS", 256)
 DEFAULT_TEMPERATURE = _env_float("DEFAULT_TEMPERATURE", 0.7)
 
+# Env var with comma-separated API keys; when set, every path but router_config.open_paths needs one.
+API_KEYS_ENV = "MODELHOST_API_KEYS"
+
 # Router replica resources: it only forwards requests, so it asks for a sliver of a CPU.
 ROUTER_NUM_CPUS = _env_float("ROUTER_NUM_CPUS", 0.1)
 ROUTER_MAX_ONGOING_REQUESTS = _env_int("ROUTER_MAX_ONGOING_REQUESTS", 1024)

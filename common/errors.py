@@ -17,6 +17,10 @@ class ServingError(Exception):
         self.param = param
         self.extra = extra
 
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers for this error (Retry-After, WWW-Authenticate)."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"type": self.error_type, "message": self.message, "param": self.param, "code": None}
         body.update(self.extra)
@@ -35,6 +39,19 @@ class InvalidRequestError(ServingError):
     error_type = "invalid_request_error"
 
 
+class UnauthorizedError(ServingError):
+    status_code = 401
+    error_type = "authentication_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ForbiddenError(ServingError):
+    status_code = 403
+    error_type = "permission_error"
+
+
 class NotFoundError(ServingError):
     status_code = 404
     error_type = "not_found_error"
@@ -49,6 +66,19 @@ class ModelNotReadyError(ServingError):
     status_code = 503
     error_type = "model_not_ready"
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+class OverloadedError(ServingError):
+    """The model's replicas and queue are full (Ray Serve back-pressure)."""
+
+    status_code = 503
+    error_type = "overloaded_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
 
 class RequestTimeoutError(ServingError):
     status_code = 504
@@ -62,7 +92,8 @@ class EngineError(ServingError):
 
 def error_from_dict(status_code: int, body: dict[str, Any]) -> ServingError:
     """Rebuild a client error from the ``{"error": ...}`` chunk a deployment yielded."""
-    for cls in (InvalidRequestError, NotFoundError, PayloadTooLargeError, ModelNotReadyError, RequestTimeoutError):
+    for cls in (InvalidRequestError, UnauthorizedError, ForbiddenError, NotFoundError, PayloadTooLargeError,
+                ModelNotReadyError, RequestTimeoutError):
         if cls.status_code == status_code:
             break
     else:

@@ -31,7 +31,7 @@ class InferRequest(BasePydantic):
     input: str | list[ChatMessage] | dict[str, Any] | None = None
     prompt: str | None = None
     params: dict[str, Any] = Field(default_factory=dict, description="Engine-specific; see each type's params.")
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> "InferRequest":

@@ -71,6 +71,10 @@ class RouterConfig(BasePydantic):
     discovery_timeout_s: float = Field(default=constants.DISCOVERY_TIMEOUT_S, gt=0)
     max_request_body_bytes: int = Field(default=constants.MAX_REQUEST_BODY_BYTES, gt=0)
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
+    api_keys_env: str = Field(
+        default=constants.API_KEYS_ENV, description="Env var holding comma-separated API keys; unset = no auth."
+    )
+    open_paths: list[str] = Field(default_factory=lambda: ["/v1/health"], description="Paths that need no API key.")
     num_cpus: float = Field(default=constants.ROUTER_NUM_CPUS, ge=0)
     max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
     num_replicas: int = Field(default=1, ge=1)

@@ -64,12 +64,36 @@ def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
             },
             {**echo("echo-solo", "echo-solo"), "request_timeout_s": 2.0},
             echo("slow-start", "slow-start", start_delay_s=3600),
+            {**echo("echo-tight", "echo-tight"), "deployment_config": {
+                "name": "echo-tight", "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 1, "max_queued_requests": 1}},
         ],
     }
 
 
+TEST_API_KEYS = ("key-one", "key-two")
+# Like `MODELHOST_API_KEYS=... serve run ...`: the local cluster's processes inherit the variable.
+os.environ["MODELHOST_TEST_KEYS"] = ",".join(TEST_API_KEYS)
+
+
+def secure_app_args() -> dict[str, Any]:
+    """A second app: API keys, CORS and a small body limit, all from router_config."""
+    return {
+        "engine_modules": ["tests.fake_engines"],
+        "router_config": {"api_keys_env": "MODELHOST_TEST_KEYS", "cors_origins": ["https://ui.example"],
+                          "max_request_body_bytes": 4096},
+        "llm_configs": [{"model_loading_config": {"model_id": "echo", "model_source": "none", "type": "FAKE_ECHO"},
+                         "deployment_config": {"name": "secure-echo", "ray_actor_options": {"num_cpus": 0.1}}}],
+    }
+
+
 @pytest.fixture(scope="session")
-def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def metrics_port() -> int:
+    """Where Ray's Prometheus endpoint listens (``ray start --metrics-export-port`` for users)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int) -> Iterator[str]:
     """Start Ray, deploy the integration app through ``vllm_host.build_app``, yield its base URL."""
     import ray
     from ray import serve
@@ -81,6 +105,7 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     ray.init(
         address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "RAY_worker_niceness": "0"}},
+        _metrics_export_port=metrics_port,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = vllm_host.build_app(integration_app_args(smollm2_dir, broken))
@@ -92,6 +117,19 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def secure_app(serve_app: str) -> str:
+    """``secure_app_args`` deployed beside the main app, under ``/secure``."""
+    from ray import serve
+
+    import vllm_host
+
+    serve.run(vllm_host.build_app(secure_app_args()), name="secure", route_prefix="/secure", blocking=False)
+    base_url = f"{serve_app}/secure"
+    wait_until(lambda: httpx.get(f"{base_url}/v1/health", timeout=10).status_code == 200, timeout=120)
+    return base_url
 
 
 @pytest.fixture()

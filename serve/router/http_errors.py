@@ -39,7 +39,7 @@ def validation_error_body(exc: RequestValidationError | ValidationError) -> dict
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        return error_response(exc.status_code, exc.to_dict())
+        return error_response(exc.status_code, exc.to_dict(), exc.headers() or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from typing import Any, Awaitable, Callable
 
 from starlette.exceptions import HTTPException
+
+from starlette.middleware.cors import CORSMiddleware
+
+from common.errors import PayloadTooLargeError
+from serve.router import settings
+from serve.router.http_errors import error_response
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -24,7 +29,7 @@ class _BodyTooLarge(HTTPException):
 
 
 class RequestContextMiddleware:
-    """Reads the body limit from ``app.state.max_request_body_bytes`` (set by the router at start)."""
+    """Reads the body limit from ``serve.router.settings`` (set by the router at start)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
@@ -37,51 +42,64 @@ class RequestContextMiddleware:
         # Ray Serve's proxy puts its request id in x-request-id and echoes it on the response.
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        echo_id = request_id != incoming
         scope.setdefault("state", {})["request_id"] = request_id
-        limit = getattr(getattr(scope.get("app"), "state", None), "max_request_body_bytes", None)
-        declared = headers.get(b"content-length")
-        if limit and declared and declared.isdigit() and int(declared) > limit:
-            await _send_too_large(send, request_id, limit)
+        if request_id != incoming:
+            send = _with_header(send, b"x-request-id", request_id.encode())
+        limit = settings.CURRENT.max_request_body_bytes
+        declared = headers.get(b"content-length", b"")
+        if limit and declared.isdigit() and int(declared) > limit:
+            await _send_too_large(scope, receive, send, limit)
             return
-
-        received = 0
-        started = False
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            if limit and message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge(limit)
-            return message
-
-        async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                if echo_id:
-                    message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, send_with_id)
-        except _BodyTooLarge:
-            if not started:
-                await _send_too_large(send, request_id, limit)
+        await self.app(scope, _limited(receive, limit) if limit else receive, send)
 
 
-async def _send_too_large(send: Send, request_id: str, limit: int) -> None:
-    body = json.dumps(
-        {"error": {"type": "payload_too_large", "message": f"request body exceeds {limit} bytes", "param": None,
-                   "code": None, "limit_bytes": limit}}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"x-request-id", request_id.encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Count body bytes as they arrive (chunked uploads declare no length)."""
+    received = 0
+
+    async def limited_receive() -> dict[str, Any]:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge(limit)  # answered as JSON 413 by the app's HTTPException handler
+        return message
+
+    return limited_receive
+
+
+def _with_header(send: Send, name: bytes, value: bytes) -> Send:
+    async def send_with_header(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (name, value)]
+        await send(message)
+
+    return send_with_header
+
+
+async def _send_too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    err = PayloadTooLargeError(f"request body exceeds {limit} bytes", limit_bytes=limit)
+    await error_response(err.status_code, err.to_dict())(scope, receive, send)
+
+
+class ConfiguredCORSMiddleware:
+    """CORS for the origins in ``router_config.cors_origins``; none configured = no CORS headers."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+        self._cors: CORSMiddleware | None = None
+        self._origins: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origins = settings.CURRENT.cors_origins
+        if scope["type"] != "http" or not origins:
+            await self.app(scope, receive, send)
+            return
+        if self._cors is None or self._origins != origins:
+            self._origins = list(origins)
+            self._cors = CORSMiddleware(
+                self.app, allow_origins=self._origins, allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-request-id"], expose_headers=["x-request-id"],
+            )
+        await self._cors(scope, receive, send)

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ray.exceptions import RayActorError
+
 from common.errors import InvalidRequestError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class ModelDirectory:
             info = await asyncio.wait_for(self.handles[deployment].get_config.remote(), self.discovery_timeout_s)
         except asyncio.TimeoutError:
             return self._fallback(deployment, "loading", "deployment is starting or has no running replica yet")
+        except RayActorError as exc:  # a replica died; Ray Serve is replacing it
+            return self._fallback(deployment, "loading", f"replica restarting ({type(exc).__name__})")
         except Exception as exc:  # noqa: BLE001 - an unreachable deployment is a status, not a crash
             logger.warning("discovery of deployment %s failed: %s", deployment, exc)
             return self._fallback(deployment, "failed", f"deployment unavailable: {type(exc).__name__}: {exc}"[:500])

@@ -29,7 +29,7 @@ class OpenAIRoutes:
     directory: "ModelDirectory"
     config: "RouterConfig"
 
-    def _stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def _stream(self, payload: dict[str, Any], endpoint: str) -> AsyncIterator[dict[str, Any]]:
         raise NotImplementedError
 
     @openai_router.post(endpoints.CHAT_COMPLETIONS, openapi_extra=document_json_body(ChatCompletionRequest), response_model=None)
@@ -52,7 +52,7 @@ class OpenAIRoutes:
         request_id = request.scope["state"]["request_id"]
         payload = {"request_id": request_id, "model_id": model, "input": model_input, "params": params, "stream": bool(body.stream)}
         timeout = entry.request_timeout_s or self.config.request_timeout_s
-        chunks = self._stream(payload)
+        chunks = self._stream(payload, endpoint)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await sse_response(chunks, timeout, encoder_cls(model, request_id, include_usage))

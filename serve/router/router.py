@@ -7,20 +7,27 @@ applies ``serve.deployment`` to it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from common.errors import error_from_dict
+from common import endpoints
+from common.errors import ModelNotReadyError, OverloadedError, ServingError, error_from_dict
 from configs.infer_models import InferRequest
 from configs.server_models import RouterConfig
 from serve.router.http_errors import install_error_handlers
-from serve.router.middleware import RequestContextMiddleware
+from serve.router.auth import ApiKeyMiddleware, load_api_keys
+from serve.router.metrics import RequestRecord, RouterMetrics
+from serve.router import settings
+from serve.router.middleware import ConfiguredCORSMiddleware, RequestContextMiddleware
 from serve.router.model_directory import ModelDirectory, ModelEntry
 from serve.router.openai_routes import OpenAIRoutes, openai_router
 from serve.router.openapi import document_json_body
@@ -34,7 +41,10 @@ router_app = FastAPI(
     description="One API for every model in model_config.yaml: POST /v1/infer, GET /v1/models, GET /v1/health.",
     version="0.1.0",
 )
+# Added innermost first: CORS answers preflights, then request ids and body limits, then API keys.
+router_app.add_middleware(ApiKeyMiddleware)
 router_app.add_middleware(RequestContextMiddleware)
+router_app.add_middleware(ConfiguredCORSMiddleware)
 install_error_handlers(router_app)
 router_app.include_router(openai_router)
 
@@ -45,16 +55,12 @@ class MultiModelRouter(OpenAIRoutes):
         self.created = int(time.time())
         entries = [ModelEntry(**{**e, "endpoints": tuple(e.get("endpoints", ()))}) for e in model_entries]
         self.directory = ModelDirectory(entries, handles, self.config.discovery_timeout_s)
-        router_app.state.max_request_body_bytes = self.config.max_request_body_bytes
-        if self.config.cors_origins:
-            router_app.add_middleware(
-                CORSMiddleware, allow_origins=self.config.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-request-id"], expose_headers=["x-request-id"],
-            )
+        settings.configure(self.config, load_api_keys(self.config.api_keys_env))
+        self.metrics = RouterMetrics()
         for entry in self.directory.entries.values():
             logger.info("registered model %s (%s) on deployment %s", entry.model_id, entry.type, entry.deployment)
 
-    @router_app.post("/v1/infer", openapi_extra=document_json_body(InferRequest), response_model=None)
+    @router_app.post(endpoints.INFER, openapi_extra=document_json_body(InferRequest), response_model=None)
     async def infer(self, request: Request) -> Response:
         """Run any model: text or chat messages for LLMs, media for audio/vision/video models."""
         body = await parse_json_body(request, InferRequest)
@@ -67,7 +73,7 @@ class MultiModelRouter(OpenAIRoutes):
             "stream": body.stream,
         }
         timeout = entry.request_timeout_s or self.config.request_timeout_s
-        chunks = self._stream(payload)
+        chunks = self._stream(payload, endpoints.INFER)
         if body.stream:
             return await sse_response(chunks, timeout, InferEncoder(body.model_id))
         return JSONResponse({"model_id": body.model_id, **await collect(chunks, timeout)})
@@ -95,17 +101,41 @@ class MultiModelRouter(OpenAIRoutes):
         return JSONResponse({"status": "ok" if healthy else "degraded", "models": statuses}, status_code=200 if healthy else 503)
 
     # -- request plumbing -----------------------------------------------------------------
-    async def _stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Chunks from the model's deployment; an error chunk is raised as a ``ServingError``."""
-        handle = self.directory.handle_for(payload["model_id"])
-        response = handle.options(stream=True).infer.remote(payload)
+    async def _stream(self, payload: dict[str, Any], endpoint: str) -> AsyncIterator[dict[str, Any]]:
+        """Chunks from the model's deployment. Error chunks and Ray's failures become ``ServingError``s;
+        closing this generator (client gone, timeout) cancels the request in the deployment."""
+        model_id = payload["model_id"]
+        record = RequestRecord(payload["request_id"], model_id, endpoint)
+        response = None
         try:
+            response = self.directory.handle_for(model_id).options(stream=True).infer.remote(payload)
             async for chunk in response:
                 if "error" in chunk:
                     raise error_from_dict(chunk.get("status_code", 500), chunk["error"])
+                record.on_chunk(chunk)
                 yield chunk
+        except ServingError as err:
+            record.status = err.status_code
+            raise
+        except BackPressureError:
+            record.status, record.rejected = 503, True
+            raise OverloadedError(f"model '{model_id}' is at capacity; retry later") from None
+        except (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError) as exc:
+            record.status = 503
+            raise ModelNotReadyError(f"model '{model_id}' has no available replica ({type(exc).__name__}); retry later") from None
+        except (asyncio.CancelledError, GeneratorExit):
+            record.status = 499  # the client went away, or the router's deadline passed
+            raise
+        except Exception:
+            record.status = 500
+            raise
         finally:
-            response.cancel()  # no-op when finished; stops the engine when the client went away
+            if response is not None:
+                # Stops the engine if the request is still running; on a request Ray never assigned
+                # (back-pressure) cancel() re-raises that error, which is already handled above.
+                with contextlib.suppress(Exception):
+                    response.cancel()
+            record.report(self.metrics)
 
 
 RouterIngress = serve.ingress(router_app)(MultiModelRouter)
