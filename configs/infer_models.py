@@ -74,3 +74,15 @@ class ErrorBody(LenientPydantic):
 
 class ErrorResponse(BasePydantic):
     error: ErrorBody
+
+
+class ModelHealth(LenientPydantic):
+    status: Literal["ready", "loading", "failed"]
+    error: str | None = None
+
+
+class HealthResponse(LenientPydantic):
+    """``/v1/health``: 200 when every model is ready, 503 (same body) otherwise."""
+
+    status: Literal["ok", "degraded"]
+    models: dict[str, ModelHealth]

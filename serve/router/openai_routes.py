@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from common import endpoints
 from configs.open_api_models import ChatCompletionRequest, CompletionRequest
 from serve.router import openai_adapter as adapter
-from serve.router.openapi import document_json_body
+from serve.router.openapi import ERROR_RESPONSES, document_json_body
 from serve.router.request_body import parse_json_body
 from serve.router.streaming import collect, sse_response
 
@@ -32,14 +32,16 @@ class OpenAIRoutes:
     def _stream(self, payload: dict[str, Any], endpoint: str) -> AsyncIterator[dict[str, Any]]:
         raise NotImplementedError
 
-    @openai_router.post(endpoints.CHAT_COMPLETIONS, openapi_extra=document_json_body(ChatCompletionRequest), response_model=None)
+    @openai_router.post(endpoints.CHAT_COMPLETIONS, openapi_extra=document_json_body(ChatCompletionRequest),
+                        response_model=None, responses=ERROR_RESPONSES)
     async def chat_completions(self, request: Request) -> Response:
         body = await parse_json_body(request, ChatCompletionRequest)
         messages, params = adapter.chat_input(body)
         return await self._complete(request, body.model, endpoints.CHAT_COMPLETIONS, messages, params, body,
                                     adapter.chat_completion, adapter.ChatStreamEncoder)
 
-    @openai_router.post(endpoints.COMPLETIONS, openapi_extra=document_json_body(CompletionRequest), response_model=None)
+    @openai_router.post(endpoints.COMPLETIONS, openapi_extra=document_json_body(CompletionRequest),
+                        response_model=None, responses=ERROR_RESPONSES)
     async def completions(self, request: Request) -> Response:
         body = await parse_json_body(request, CompletionRequest)
         prompt, params = adapter.completion_input(body)

@@ -6,6 +6,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from configs.infer_models import ErrorResponse
+
+# Every route can answer with the error contract; declared so clients and schema checkers know.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Invalid request"), (401, "Missing or invalid API key"), (404, "Unknown model or route"),
+        (413, "Request body too large"), (500, "Engine error"), (503, "Model not ready or at capacity"),
+        (504, "Request timed out"),
+    )
+}
+
 
 def document_json_body(model: type[BaseModel]) -> dict[str, Any]:
     """An ``openapi_extra`` block declaring ``model`` as the JSON request body."""

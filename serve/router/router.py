@@ -21,7 +21,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from common import endpoints
 from common.errors import ModelNotReadyError, OverloadedError, ServingError, error_from_dict
-from configs.infer_models import InferRequest
+from configs.infer_models import HealthResponse, InferRequest
 from configs.server_models import RouterConfig
 from serve.router.http_errors import install_error_handlers
 from serve.router.auth import ApiKeyMiddleware, load_api_keys
@@ -30,7 +30,7 @@ from serve.router import settings
 from serve.router.middleware import ConfiguredCORSMiddleware, RequestContextMiddleware
 from serve.router.model_directory import ModelDirectory, ModelEntry
 from serve.router.openai_routes import OpenAIRoutes, openai_router
-from serve.router.openapi import document_json_body
+from serve.router.openapi import ERROR_RESPONSES, document_json_body
 from serve.router.request_body import parse_json_body
 from serve.router.streaming import InferEncoder, collect, sse_response
 
@@ -60,7 +60,8 @@ class MultiModelRouter(OpenAIRoutes):
         for entry in self.directory.entries.values():
             logger.info("registered model %s (%s) on deployment %s", entry.model_id, entry.type, entry.deployment)
 
-    @router_app.post(endpoints.INFER, openapi_extra=document_json_body(InferRequest), response_model=None)
+    @router_app.post(endpoints.INFER, openapi_extra=document_json_body(InferRequest), response_model=None,
+                     responses=ERROR_RESPONSES)
     async def infer(self, request: Request) -> Response:
         """Run any model: text or chat messages for LLMs, media for audio/vision/video models."""
         body = await parse_json_body(request, InferRequest)
@@ -78,13 +79,13 @@ class MultiModelRouter(OpenAIRoutes):
             return await sse_response(chunks, timeout, InferEncoder(body.model_id))
         return JSONResponse({"model_id": body.model_id, **await collect(chunks, timeout)})
 
-    @router_app.get("/v1/models")
+    @router_app.get("/v1/models", responses=ERROR_RESPONSES)
     async def list_models(self) -> dict[str, Any]:
         """Every model with its live status, in our shape (``models``) and OpenAI's (``object``/``data``)."""
         models = await self.directory.describe_all()
         return {"object": "list", "data": [self._model_card(m) for m in models], "models": models}
 
-    @router_app.get("/v1/models/{model_id:path}")
+    @router_app.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
     async def model_info(self, model_id: str) -> dict[str, Any]:
         model = await self.directory.describe(model_id)
         return {**self._model_card(model), **model}
@@ -92,7 +93,8 @@ class MultiModelRouter(OpenAIRoutes):
     def _model_card(self, model: dict[str, Any]) -> dict[str, Any]:
         return {"id": model["model_id"], "object": "model", "created": self.created, "owned_by": "modelhost"}
 
-    @router_app.get("/v1/health")
+    @router_app.get("/v1/health", response_model=HealthResponse,
+                    responses={**ERROR_RESPONSES, 503: {"model": HealthResponse, "description": "Some model is not ready"}})
     async def health(self) -> JSONResponse:
         """200 when every model is ready, 503 otherwise; per-model status in the body."""
         models = await self.directory.describe_all()
