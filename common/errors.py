@@ -35,6 +35,11 @@ class InvalidRequestError(ServingError):
     error_type = "invalid_request_error"
 
 
+class ForbiddenError(ServingError):
+    status_code = 403
+    error_type = "forbidden"
+
+
 class NotFoundError(ServingError):
     status_code = 404
     error_type = "not_found_error"
@@ -62,7 +67,7 @@ class EngineError(ServingError):
 
 def error_from_dict(status_code: int, body: dict[str, Any]) -> ServingError:
     """Rebuild a client error from the ``{"error": ...}`` chunk a deployment yielded."""
-    for cls in (InvalidRequestError, NotFoundError, PayloadTooLargeError, ModelNotReadyError, RequestTimeoutError):
+    for cls in (InvalidRequestError, ForbiddenError, NotFoundError, PayloadTooLargeError, ModelNotReadyError, RequestTimeoutError):
         if cls.status_code == status_code:
             break
     else:
