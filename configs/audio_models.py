@@ -17,7 +17,7 @@ class AudioBackendConfig(MediaRuntimeConfig):
     compute_type: Literal["auto", "int8", "int8_float16", "float16", "float32"] = Field(
         default="auto", description="faster_whisper only: auto = int8 on CPU, float16 on GPU."
     )
-    beam_size: int = Field(default=1, ge=1, le=10, description="1 = greedy (fastest).")
+    beam_size: int = Field(default=5, ge=1, le=10, description="faster_whisper: 1 = greedy (fastest), 5 = its default.")
 
 
 class AudioEngineConfig(AudioBackendConfig, MediaInputConfig):

@@ -14,6 +14,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2_DIR = REPO_ROOT / "models" / "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WHISPER_DIR = REPO_ROOT / "models" / "whisper-tiny-en"
+OCR_DIR = REPO_ROOT / "models" / "ocr"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+MEDIA_MAX_INPUT_BYTES = 2_000_000  # the media entries' limit in the integration app (413 above)
 
 # Ray workers start at niceness 15 and the proxy's 5 s ready check fails on a busy 2-core box.
 os.environ.setdefault("RAY_worker_niceness", "0")
@@ -64,8 +68,33 @@ def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
             },
             {**echo("echo-solo", "echo-solo"), "request_timeout_s": 2.0},
             echo("slow-start", "slow-start", start_delay_s=3600),
+            *media_entries(),
         ],
     }
+
+
+def media_entries() -> list[dict[str, Any]]:
+    """Real Whisper tiny.en, RapidOCR and a video model sharing one small replica."""
+    limits = {"max_input_bytes": MEDIA_MAX_INPUT_BYTES, "num_threads": 2}
+
+    def entry(model_id: str, kind: str, source: Path | str, **kwargs: Any) -> dict[str, Any]:
+        return {
+            "model_loading_config": {"model_id": model_id, "model_source": str(source), "type": kind},
+            "deployment_config": {"name": "media"},
+            "engine_kwargs": {**limits, **kwargs},
+        }
+
+    whisper = entry("whisper-tiny-en", "AUDIO", WHISPER_DIR, backend="faster_whisper")
+    whisper["deployment_config"] = {"name": "media", "ray_actor_options": {"num_cpus": 0.3}}
+    return [
+        whisper,
+        entry("ocr", "VISION", OCR_DIR, backend="rapidocr", media_root=str(FIXTURES_DIR)),
+        entry(
+            "video", "VIDEO", "none", max_frames=8,
+            vision={"backend": "rapidocr", "model_source": str(OCR_DIR), "num_threads": 2},
+            audio={"backend": "faster_whisper", "model_source": str(WHISPER_DIR), "num_threads": 2},
+        ),
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -97,11 +97,15 @@ class TransformersSpeechBackend:
 
         torch.set_num_threads(cpu_threads(cfg.num_threads))
         self.pipe = pipeline("automatic-speech-recognition", model=path, device=torch_pipeline_device(use_cuda(cfg.device)))
-        self.multilingual = bool(getattr(self.pipe.model.generation_config, "is_multilingual", False))
+        generation = self.pipe.model.generation_config
+        self.multilingual = bool(getattr(generation, "is_multilingual", False))
+        self.has_timestamps = getattr(generation, "no_timestamps_token_id", None) is not None
 
     def check(self, params: AudioParams) -> None:
         if params.vad_filter:
             raise InvalidRequestError("vad_filter is only supported by the faster_whisper backend", param="params.vad_filter")
+        if params.timestamps and not self.has_timestamps:
+            raise InvalidRequestError("this model does not predict timestamps", param="params.timestamps")
         if not self.multilingual:
             _check_english_only(params)
 
