@@ -213,5 +213,7 @@ def _pick_frames(decoded: Any, targets: list[float]) -> list[tuple[float, Any]]:
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text[:200]
+    """The decoder's own words, without Python object addresses (FFmpeg errors carry ``strerror``)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    text = re.sub(r"\s*<_io\.\w+ object at 0x[0-9a-f]+>", "", text).strip()
+    return (text or type(exc).__name__)[:200]

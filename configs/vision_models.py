@@ -33,6 +33,8 @@ class VisionBackendConfig(MediaRuntimeConfig):
 class VisionEngineConfig(VisionBackendConfig, MediaInputConfig):
     """``engine_kwargs`` of ``type: VISION``; ``model_source`` is the model folder (rapidocr: optional ONNX folder)."""
 
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="Images run through the backend together at most.")
+
 
 class VisionParams(BasePydantic):
     """Request ``params`` of VISION models (and of a VIDEO model's frames)."""

@@ -7,6 +7,7 @@ PyAV and resampled to 16 kHz mono. Output ``{text, language, duration, segments?
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, AsyncIterator
 
@@ -41,7 +42,7 @@ class AudioEngine(BaseEngine):
         params: AudioParams = request.params
         self.backend.check(params)
         data = read_media(request.input, "audio", self.engine_config.limits())
-        samples = await run_blocking(self._executor, decode_audio, data)
+        samples = await asyncio.to_thread(decode_audio, data)  # off the model's thread
         self.requests += 1
         info: TranscriptInfo | None = None
         segments: list[Segment] = []

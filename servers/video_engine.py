@@ -8,6 +8,7 @@ With ``stream: true`` each timeline entry is one chunk.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, AsyncIterator
 
@@ -92,11 +93,12 @@ class VideoEngine(BaseEngine):
 
     async def _decode(self, data: bytes, params: VideoParams) -> tuple[VideoFrames, Any]:
         fps = params.fps or (None if params.num_frames else self.engine_config.default_fps)
-        frames = await run_blocking(self._executor, sample_video_frames, data, fps, params.num_frames, self.engine_config.max_frames)
+        # decoding runs off the models' thread, so it overlaps other requests' inference
+        frames = await asyncio.to_thread(sample_video_frames, data, fps, params.num_frames, self.engine_config.max_frames)
         wants_audio = self.speech is not None and params.task in ("transcribe", "timeline")
         # a timeline of a silent video is just its frames; asking to transcribe it is an error
         if wants_audio and (frames.has_audio or params.task == "transcribe"):
-            return frames, await run_blocking(self._executor, decode_audio, data)
+            return frames, await asyncio.to_thread(decode_audio, data)
         return frames, None
 
     async def _entries(self, frames: VideoFrames, samples: Any, params: VideoParams) -> AsyncIterator[Any]:
@@ -113,9 +115,7 @@ class VideoEngine(BaseEngine):
                     yield item
 
     async def _classify(self, data: bytes, params: VideoParams) -> dict[str, Any]:
-        frames = await run_blocking(
-            self._executor, sample_video_frames, data, None, self.classifier.num_frames, self.classifier.num_frames
-        )
+        frames = await asyncio.to_thread(sample_video_frames, data, None, self.classifier.num_frames, self.classifier.num_frames)
         return await run_blocking(self._executor, self.classifier.classify, frames.frames, params.top_k or 5)
 
     @staticmethod

@@ -8,13 +8,14 @@ run as one batch through the backend.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, AsyncIterator
 
 from common.media import decode_image, read_media
 from configs.vision_models import VisionEngineConfig, VisionParams
 from servers.base_engine import BaseEngine, EngineRequest
-from servers.media.runtime import model_executor, run_blocking
+from servers.media.runtime import MicroBatcher, model_executor, run_blocking
 from servers.media.vision import VisionBackend, check_vision_params, load_vision_backend
 from servers.registry import register_engine
 
@@ -30,20 +31,24 @@ class VisionEngine(BaseEngine):
     def __init__(self, config: Any, engine_config: VisionEngineConfig) -> None:
         super().__init__(config, engine_config)
         self.backend: VisionBackend | None = None
+        self.batcher: MicroBatcher | None = None
         self._executor = model_executor(self.model_id)
         self.requests = 0
 
     async def start(self) -> None:
         source = self.config.model_loading_config.model_source
         self.backend = await run_blocking(self._executor, load_vision_backend, source, self.engine_config)
+        backend = self.backend
+        self.batcher = MicroBatcher(self._executor, lambda params, images: backend.run(images, params), self.engine_config.max_batch_size)
 
     async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
         assert self.backend is not None
         params: VisionParams = request.params
         check_vision_params(self.backend.task, params)
         data = read_media(request.input, "image", self.engine_config.limits())
-        image = await run_blocking(self._executor, decode_image, data)
-        [result] = await run_blocking(self._executor, self.backend.run, [image], params)
+        image = await asyncio.to_thread(decode_image, data)  # off the model's thread: decoding overlaps inference
+        assert self.batcher is not None
+        result = await self.batcher.submit(params.model_dump_json(), params, image)
         self.requests += 1
         yield {**result, "task": self.backend.task, "width": image.width, "height": image.height, "finish_reason": "stop"}
 
@@ -52,4 +57,4 @@ class VisionEngine(BaseEngine):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests}
+        return {"requests": self.requests, "batches": self.batcher.batches if self.batcher else 0}

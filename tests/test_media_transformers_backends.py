@@ -127,3 +127,18 @@ def test_transformers_asr_rejects_what_the_model_cannot_do(tiny_whisper: EngineH
     for params, needle in (({"vad_filter": True}, "faster_whisper"), ({"task": "translate"}, "English-only"), ({"language": "de"}, "English-only")):
         with pytest.raises(InvalidRequestError, match=needle):
             tiny_whisper.infer(b64("speech.wav"), **params)
+
+
+def test_concurrent_requests_get_the_same_answer_as_one_alone(vit: EngineHarness) -> None:
+    [alone] = vit.infer(b64("text.png"), top_k=3)
+    request = EngineRequest("r", "m", b64("text.png"), vit.engine.params_model.model_validate({"top_k": 3}))
+
+    async def together() -> list[list[dict[str, Any]]]:
+        async def one() -> list[dict[str, Any]]:
+            return [chunk async for chunk in vit.engine.infer(request)]
+
+        return await asyncio.gather(*(one() for _ in range(4)))
+
+    batches_before = vit.engine.stats()["batches"]
+    assert all(chunks == [alone] for chunks in asyncio.run(together()))
+    assert 1 <= vit.engine.stats()["batches"] - batches_before <= 4

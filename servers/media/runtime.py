@@ -90,3 +90,46 @@ def cpu_threads(configured: int | None) -> int:
 
 def torch_pipeline_device(cuda: bool) -> Any:
     return 0 if cuda else "cpu"
+
+
+class MicroBatcher:
+    """Items submitted while the model is busy run together in one ``run_batch(key, items)`` call.
+
+    Only items with the same ``key`` (e.g. the request's params) share a batch. No waiting
+    window: an idle model starts at once, so batching costs a lone request nothing.
+    """
+
+    def __init__(self, executor: ThreadPoolExecutor, run_batch: Callable[[Any, list[Any]], list[Any]], max_batch: int) -> None:
+        self.executor = executor
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.pending: list[tuple[str, Any, Any, asyncio.Future]] = []
+        self.batches = 0
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, key: str, key_value: Any, item: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((key, key_value, item, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
+        return await future
+
+    async def _work(self) -> None:
+        while self.pending:
+            key, key_value = self.pending[0][0], self.pending[0][1]
+            batch = [p for p in self.pending if p[0] == key][: self.max_batch]
+            self.pending = [p for p in self.pending if p not in batch]
+            batch = [p for p in batch if not p[3].cancelled()]
+            if not batch:
+                continue
+            self.batches += 1
+            try:
+                results = await run_blocking(self.executor, self.run_batch, key_value, [p[2] for p in batch])
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
