@@ -58,4 +58,5 @@ class VideoParams(BasePydantic):
     language: str | None = Field(default=None, pattern=r"^[a-z]{2,3}$")
     vad_filter: bool = False
     top_k: int | None = Field(default=None, ge=1, le=100)
+    candidate_labels: list[str] | None = Field(default=None, min_length=1, max_length=64, description="Zero-shot vision on frames.")
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)

@@ -43,3 +43,4 @@ class VisionParams(BasePydantic):
     top_k: int | None = Field(default=None, ge=1, le=100, description="Labels to return (classification).")
     candidate_labels: list[str] | None = Field(default=None, min_length=1, max_length=64, description="zero-shot-image-classification.")
     threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="Minimum score (object-detection, ocr).")
+    max_new_tokens: int | None = Field(default=None, ge=1, le=512, description="image-to-text: tokens to generate at most (default 32).")

@@ -120,7 +120,7 @@ class VideoEngine(BaseEngine):
 
     @staticmethod
     def _vision_params(params: VideoParams) -> VisionParams:
-        return VisionParams(top_k=params.top_k, threshold=params.threshold)
+        return VisionParams(top_k=params.top_k, threshold=params.threshold, candidate_labels=params.candidate_labels)
 
     @staticmethod
     def _audio_params(params: VideoParams) -> AudioParams:

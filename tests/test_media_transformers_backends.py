@@ -142,3 +142,27 @@ def test_concurrent_requests_get_the_same_answer_as_one_alone(vit: EngineHarness
     batches_before = vit.engine.stats()["batches"]
     assert all(chunks == [alone] for chunks in asyncio.run(together()))
     assert 1 <= vit.engine.stats()["batches"] - batches_before <= 4
+
+
+def test_object_detection_returns_labelled_boxes(tiny_dir: Path) -> None:
+    from tests.tiny_media_models import build_tiny_detr
+
+    detr = EngineHarness("VISION", build_tiny_detr(tiny_dir / "detr"), backend="transformers", task="object-detection", num_threads=1)
+    [chunk] = detr.infer(b64("text.png"), threshold=0.0)
+    assert chunk["task"] == "object-detection" and 1 <= len(chunk["objects"]) <= 5  # 5 queries
+    for obj in chunk["objects"]:
+        assert obj["label"] in LABELS.values() and set(obj["box"]) == {"xmin", "ymin", "xmax", "ymax"}
+    assert chunk["text"] == ", ".join(o["label"] for o in chunk["objects"])
+    [strict] = detr.infer(b64("text.png"), threshold=1.0)
+    assert strict["objects"] == [] and strict["text"] == ""
+
+
+def test_image_to_text_generates_at_most_max_new_tokens(tiny_dir: Path) -> None:
+    from tests.tiny_media_models import build_tiny_captioner
+
+    source = build_tiny_captioner(tiny_dir / "captioner")
+    captioner = EngineHarness("VISION", source, backend="transformers", task="image-to-text", num_threads=1)
+    [chunk] = captioner.infer(b64("text.png"), max_new_tokens=3)
+    assert chunk["task"] == "image-to-text" and isinstance(chunk["text"], str) and chunk["text"]
+    tokenizer = captioner.engine.backend.pipe.tokenizer
+    assert len(tokenizer(chunk["text"], add_special_tokens=False)["input_ids"]) <= 3

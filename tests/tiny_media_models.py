@@ -87,3 +87,48 @@ def build_tiny_whisper(target: Path, tokenizer_json: Path) -> Path:
     )
     model.save_pretrained(target)
     return target
+
+
+def build_tiny_captioner(target: Path) -> Path:
+    """ViT encoder + GPT-2 decoder (VisionEncoderDecoder), with a tiny byte-level BPE tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, PreTrainedTokenizerFast, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig, ViTImageProcessor
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["a photo of a cat", "a dog on a car", "hello world"] * 10, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="</s>")
+    tokenizer.save_pretrained(target)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(target)
+    torch.manual_seed(0)
+    eos = tokenizer.eos_token_id
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        ViTConfig(image_size=32, patch_size=8, **SMALL),
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=eos, eos_token_id=eos),
+    )
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = eos
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config.max_new_tokens = 8
+    model.generation_config.decoder_start_token_id = model.generation_config.pad_token_id = eos
+    model.save_pretrained(target)
+    return target
+
+
+def build_tiny_detr(target: Path) -> Path:
+    """DETR with a tiny ResNet backbone (no timm), three labels."""
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+    torch.manual_seed(0)
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
+    config = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+    )
+    DetrForObjectDetection(config).save_pretrained(target)
+    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(target)
+    return target

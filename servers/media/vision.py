@@ -84,7 +84,11 @@ class RapidOcrBackend:
 
 
 class TransformersVisionBackend:
-    """A transformers pipeline for one task, on any local model folder."""
+    """A transformers pipeline for one task, on any local model folder.
+
+    ``image-to-text`` has no pipeline in transformers 5: it is image processor + ``generate``
+    + tokenizer here (captioning models, TrOCR, any vision-encoder-decoder).
+    """
 
     def __init__(self, path: str, cfg: VisionBackendConfig) -> None:
         import torch
@@ -92,11 +96,15 @@ class TransformersVisionBackend:
 
         torch.set_num_threads(cpu_threads(cfg.num_threads))
         self.task = str(cfg.task)
-        self.pipe = pipeline(self.task, model=path, device=torch_pipeline_device(use_cuda(cfg.device)))
+        self.device = torch_pipeline_device(use_cuda(cfg.device))
+        if self.task == "image-to-text":
+            self.pipe: Any = _Captioner(path, "cuda" if self.device == 0 else "cpu")
+        else:
+            self.pipe = pipeline(self.task, model=path, device=self.device)
 
     def run(self, images: list[Any], params: VisionParams) -> list[dict[str, Any]]:
         outputs = self.pipe(images, batch_size=len(images), **self._call_kwargs(params))
-        return [_format(self.task, out) for out in outputs]
+        return [_format(self.task, out, params.top_k) for out in outputs]
 
     def _call_kwargs(self, params: VisionParams) -> dict[str, Any]:
         if self.task == "image-classification":
@@ -105,12 +113,32 @@ class TransformersVisionBackend:
             return {"candidate_labels": params.candidate_labels}
         if self.task == "object-detection":
             return {"threshold": params.threshold if params.threshold is not None else 0.5}
-        return {}
+        return {"max_new_tokens": params.max_new_tokens}
 
 
-def _format(task: str, out: Any) -> dict[str, Any]:
+class _Captioner:
+    """``image-to-text``: pixel values -> ``generate`` -> decoded text, one batch per call."""
+
+    def __init__(self, path: str, device: str) -> None:
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        self.processor = AutoImageProcessor.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
+        self.device = device
+
+    def __call__(self, images: list[Any], batch_size: int, max_new_tokens: int | None) -> list[dict[str, str]]:
+        import torch
+
+        pixels = self.processor(images, return_tensors="pt").pixel_values.to(self.device)
+        with torch.inference_mode():
+            ids = self.model.generate(pixel_values=pixels, max_new_tokens=max_new_tokens or 32)
+        return [{"generated_text": text.strip()} for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def _format(task: str, out: Any, top_k: int | None) -> dict[str, Any]:
     if task in ("image-classification", "zero-shot-image-classification"):
-        labels = [{"label": str(o["label"]), "score": round(float(o["score"]), 4)} for o in out]
+        labels = [{"label": str(o["label"]), "score": round(float(o["score"]), 4)} for o in out][:top_k]
         return {"text": labels[0]["label"] if labels else "", "labels": labels}
     if task == "object-detection":
         objects = [{"label": str(o["label"]), "score": round(float(o["score"]), 4), "box": o["box"]} for o in out]
