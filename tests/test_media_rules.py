@@ -169,3 +169,19 @@ def test_default_config_lists_the_demo_models_with_their_types() -> None:
     ]
     assert all(m["deployment_config"]["ray_actor_options"]["num_cpus"] <= 0.5 for m in listed)
     assert Path(models[1].model_loading_config.model_source, "model.bin").exists(), "run `make models`"
+
+
+def test_engine_modules_import_no_heavy_library() -> None:
+    """The router and config loader import engine modules; model libraries load only in replicas."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    heavy = ("torch", "av", "faster_whisper", "ctranslate2", "rapidocr_onnxruntime", "transformers", "PIL", "numpy", "onnxruntime")
+    code = (
+        "import sys, servers.audio_engine, servers.vision_engine, servers.video_engine; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
