@@ -104,13 +104,19 @@ def _read_path(path: str, limits: MediaLimits) -> bytes:
     if not limits.media_root:
         raise ForbiddenError("this model does not read server-side files (no media_root configured)", param="input.path")
     root = Path(limits.media_root).resolve()
-    target = (root / path).resolve()
+    try:
+        target = (root / path).resolve()
+    except (OSError, ValueError) as exc:  # e.g. an embedded NUL byte
+        raise InvalidRequestError(f"invalid path: {exc}", param="input.path") from None
     if not target.is_relative_to(root):
         raise ForbiddenError("path is outside this model's media_root", param="input.path")
     if not target.is_file():
         raise InvalidRequestError(f"no such file under media_root: {path}", param="input.path")
     _check_size(target.stat().st_size, limits)
-    return target.read_bytes()
+    try:
+        return target.read_bytes()
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read {path}: {exc.strerror}", param="input.path") from None
 
 
 # -- decoders ---------------------------------------------------------------------------------

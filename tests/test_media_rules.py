@@ -55,6 +55,8 @@ def test_base64_with_line_breaks_is_accepted() -> None:
         ({"path": "../conftest.py"}, "image", ForbiddenError, "outside"),
         ({"path": "/etc/hostname"}, "image", ForbiddenError, "outside"),
         ({"path": "nope.png"}, "image", InvalidRequestError, "no such file"),
+        ({"path": "text\0.png"}, "image", InvalidRequestError, "invalid path"),
+        ({"path": "."}, "image", InvalidRequestError, "no such file"),
     ],
 )
 def test_bad_inputs_raise_client_errors(value: object, kind: str, error: type, needle: str) -> None:

@@ -118,7 +118,8 @@ class MicroBatcher:
         while self.pending:
             key, key_value = self.pending[0][0], self.pending[0][1]
             batch = [p for p in self.pending if p[0] == key][: self.max_batch]
-            self.pending = [p for p in self.pending if p not in batch]
+            taken = {id(p) for p in batch}  # by identity: comparing tuples would compare images
+            self.pending = [p for p in self.pending if id(p) not in taken]
             batch = [p for p in batch if not p[3].cancelled()]
             if not batch:
                 continue
