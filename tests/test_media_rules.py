@@ -187,3 +187,32 @@ def test_engine_modules_import_no_heavy_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _transcode(wav: bytes, target: Path, container: str, codec: str, rate: int) -> bytes:
+    """Re-encode the fixture speech with PyAV (what a client might upload)."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(wav)) as src, av.open(str(target), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.codec_context.codec.audio_formats[0].name, layout="mono", rate=rate)
+        for frame in src.decode(audio=0):
+            frame.pts = None
+            for chunk in resampler.resample(frame):
+                out.mux(stream.encode(chunk))
+        for chunk in resampler.resample(None):
+            out.mux(stream.encode(chunk))
+        out.mux(stream.encode())
+    return target.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "container", "codec", "rate"),
+    [("flac", "flac", "flac", 22_050), ("mp3", "mp3", "libmp3lame", 44_100), ("ogg", "ogg", "libopus", 48_000), ("m4a", "ipod", "aac", 16_000)],
+)
+def test_common_audio_formats_decode_to_the_same_length(tmp_path: Path, suffix: str, container: str, codec: str, rate: int) -> None:
+    data = _transcode(WAV, tmp_path / f"speech.{suffix}", container, codec, rate)
+    assert abs(len(decode_audio(data)) - len(decode_audio(WAV))) < 16_000 * 0.1  # within 0.1 s (codec padding)
