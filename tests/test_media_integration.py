@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import FIXTURES_DIR, MEDIA_MAX_INPUT_BYTES, wait_ready
+from tests.conftest import FIXTURES_DIR, MEDIA_MAX_INPUT_BYTES, OCR_DIR, WHISPER_DIR, wait_ready
 from tests.test_router_integration import assert_error, sse_events
 
 pytestmark = pytest.mark.integration
@@ -41,6 +41,8 @@ def stream(client: httpx.Client, model_id: str, input_: object, **params: object
 
 @pytest.fixture()
 def media(client: httpx.Client) -> httpx.Client:
+    if not (WHISPER_DIR / "model.bin").exists() or not any(OCR_DIR.glob("*.onnx")):
+        pytest.fail("Whisper / OCR model files missing: run `make models`")
     for model_id in ("whisper-tiny-en", "ocr", "video"):
         wait_ready(client, model_id)
     return client
