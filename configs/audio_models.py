@@ -18,6 +18,7 @@ class AudioBackendConfig(MediaRuntimeConfig):
         default="auto", description="faster_whisper only: auto = int8 on CPU, float16 on GPU."
     )
     beam_size: int = Field(default=5, ge=1, le=10, description="faster_whisper: 1 = greedy (fastest), 5 = its default.")
+    num_workers: int = Field(default=1, ge=1, le=16, description="faster_whisper: requests transcribed in parallel (CTranslate2 workers).")
 
 
 class AudioEngineConfig(AudioBackendConfig, MediaInputConfig):

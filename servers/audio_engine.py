@@ -30,7 +30,9 @@ class AudioEngine(BaseEngine):
     def __init__(self, config: Any, engine_config: AudioEngineConfig) -> None:
         super().__init__(config, engine_config)
         self.backend: SpeechBackend | None = None
-        self._executor = model_executor(self.model_id)
+        # faster_whisper's num_workers transcribe in parallel: give each its own thread
+        workers = engine_config.num_workers if engine_config.backend == "faster_whisper" else 1
+        self._executor = model_executor(self.model_id, workers)
         self.requests = 0
 
     async def start(self) -> None:

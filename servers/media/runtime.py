@@ -15,9 +15,9 @@ T = TypeVar("T")
 _END = object()
 
 
-def model_executor(name: str) -> ThreadPoolExecutor:
-    """One worker thread per engine: model calls run in order, the event loop never waits on them."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"media-{name}")
+def model_executor(name: str, workers: int = 1) -> ThreadPoolExecutor:
+    """Model calls run on these threads (one by default: in order), never on the event loop."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"media-{name}")
 
 
 async def run_blocking(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:

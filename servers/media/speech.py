@@ -69,7 +69,8 @@ class FasterWhisperBackend:
         cuda = use_cuda(cfg.device)
         compute_type = cfg.compute_type if cfg.compute_type != "auto" else ("float16" if cuda else "int8")
         self.model = WhisperModel(
-            path, device="cuda" if cuda else "cpu", compute_type=compute_type, cpu_threads=cpu_threads(cfg.num_threads)
+            path, device="cuda" if cuda else "cpu", compute_type=compute_type,
+            cpu_threads=cpu_threads(cfg.num_threads), num_workers=cfg.num_workers,
         )
         self.beam_size = cfg.beam_size
         logger.info("faster_whisper %s on %s (%s)", path, "cuda" if cuda else "cpu", compute_type)
