@@ -93,8 +93,9 @@ class VideoEngine(BaseEngine):
 
     async def _decode(self, data: bytes, params: VideoParams) -> tuple[VideoFrames, Any]:
         fps = params.fps or (None if params.num_frames else self.engine_config.default_fps)
+        num_frames = 1 if params.task == "transcribe" else params.num_frames  # one frame: duration and tracks
         # decoding runs off the models' thread, so it overlaps other requests' inference
-        frames = await asyncio.to_thread(sample_video_frames, data, fps, params.num_frames, self.engine_config.max_frames)
+        frames = await asyncio.to_thread(sample_video_frames, data, fps, num_frames, self.engine_config.max_frames)
         wants_audio = self.speech is not None and params.task in ("transcribe", "timeline")
         # a timeline of a silent video is just its frames; asking to transcribe it is an error
         if wants_audio and (frames.has_audio or params.task == "transcribe"):
