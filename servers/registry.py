@@ -19,6 +19,7 @@ ENGINE_REGISTRY: dict[str, type["BaseEngine"]] = {}
 # type -> module that registers it; imported on first use.
 BUILTIN_ENGINE_MODULES: dict[str, str] = {
     "TRANSFORMERS": "servers.transformers_engine",
+    "VLLM": "servers.vllm_engine",
 }
 
 
