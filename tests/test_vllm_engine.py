@@ -30,6 +30,7 @@ from configs.llm_models import LLMParams  # noqa: E402
 from configs.loader import ConfigError, load_app_config  # noqa: E402
 from configs.server_models import MultiModelConfig  # noqa: E402
 from configs.vllm_models import VLLMEngineConfig  # noqa: E402
+from serve.deployments.multi_model_server import MultiModelServer  # noqa: E402
 from servers import vllm_engine  # noqa: E402
 from servers.base_engine import EngineRequest  # noqa: E402
 from servers.registry import get_engine_class  # noqa: E402
@@ -285,6 +286,21 @@ def test_cancelling_the_task_aborts_the_request_in_the_engine() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert len(engine.engine.aborted) == 1 and engine.stats()["aborted"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_closing_the_servers_stream_reaches_the_engine() -> None:
+    """MultiModelServer closes the engine's generator at once, so vLLM aborts without waiting for GC."""
+
+    async def scenario() -> None:
+        server = MultiModelServer([fake_engine().config])
+        await server.start()
+        stream = server.infer({"model_id": "fake", "input": "abc", "params": {"max_tokens": 1000, "raw_prompt": True}})
+        await anext(stream)
+        await stream.aclose()
+        engine = server.models["fake"].engine
         assert len(engine.engine.aborted) == 1 and engine.stats()["aborted"] == 1
 
     asyncio.run(scenario())
