@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import model_status, wait_ready, wait_until
+from tests.conftest import fake_vllm_entries, model_status, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,8 @@ def assert_error(response: httpx.Response, status: int, error_type: str | None =
 
 def test_models_lists_every_entry_with_config_and_status(client: httpx.Client) -> None:
     models = {m["model_id"]: m for m in client.get("/v1/models").json()["models"]}
-    assert set(models) == {"smollm2-135m-instruct", "echo-a", "org/echo-b", "broken-llm", "echo-solo", "slow-start"}
+    fake_vllm = {e["model_loading_config"]["model_id"] for e in fake_vllm_entries()}
+    assert set(models) == {"smollm2-135m-instruct", "echo-a", "org/echo-b", "broken-llm", "echo-solo", "slow-start"} | fake_vllm
     assert models["smollm2-135m-instruct"]["type"] == "TRANSFORMERS"
     assert models["smollm2-135m-instruct"]["engine_kwargs"]["gguf_file"].endswith(".gguf")
     assert models["echo-a"]["deployment_config"]["name"] == "echo-shared"
