@@ -180,10 +180,13 @@ def _invalid_request(exc: Exception) -> InvalidRequestError:
 
 
 def resolve_tensor_parallel_size(requested: int, devices: str, backend: str | None) -> int:
-    """``0`` = every GPU this replica was given: its placement group's with Ray, else its visible ones."""
+    """``0`` = every GPU this replica was given: its placement group's, else its visible ones.
+
+    In a placement group vLLM picks its Ray executor unless told ``mp``, so the group's GPUs count.
+    """
     if requested > 0:
         return requested
-    if backend == "ray":
+    if backend in (None, "ray"):
         gpus = _placement_group_gpus()
         if gpus:
             return gpus
@@ -198,9 +201,10 @@ def resolve_tensor_parallel_size(requested: int, devices: str, backend: str | No
 
 
 def _current_placement_group() -> Any:
+    """This replica's placement group, or None (outside Ray too: never starts a Ray cluster)."""
     import ray
 
-    return ray.util.get_current_placement_group()
+    return ray.util.get_current_placement_group() if ray.is_initialized() else None
 
 
 def _placement_group_gpus() -> int:

@@ -201,8 +201,17 @@ def test_tensor_parallel_size_zero_means_the_replicas_gpus(requested: int, devic
 def test_tensor_parallel_size_zero_counts_placement_group_gpus_with_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vllm_engine, "_placement_group_gpus", lambda: 2)
     assert vllm_engine.resolve_tensor_parallel_size(0, "", "ray") == 2
+    assert vllm_engine.resolve_tensor_parallel_size(0, "", None) == 2  # vLLM then picks Ray itself
     with pytest.raises(ValueError, match="given none"):
-        vllm_engine.resolve_tensor_parallel_size(0, "", None)
+        vllm_engine.resolve_tensor_parallel_size(0, "", "mp")  # mp workers only see the replica's GPUs
+
+
+def test_outside_ray_no_placement_group_is_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray.util, "get_current_placement_group", lambda: pytest.fail("would auto-start Ray"))
+    assert vllm_engine._placement_group_gpus() == 0
 
 
 # -- streaming, abort, health, stop through the real VLLMEngine over FakeAsyncLLM ------------
