@@ -9,11 +9,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import model_status, wait_ready, wait_until
-from tests.fake_vllm import CHAT_TEMPLATE_MARK
-from tests.test_router_integration import assert_error, sse_events
-
 pytest.importorskip("vllm")  # a guard only: CI installs vllm, so these run there
+
+from tests.conftest import model_status, wait_ready, wait_until  # noqa: E402
+from tests.fake_vllm import CHAT_TEMPLATE_MARK  # noqa: E402
+from tests.test_router_integration import assert_error, sse_events  # noqa: E402
 pytestmark = pytest.mark.integration
 
 
