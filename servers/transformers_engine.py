@@ -16,6 +16,7 @@ from common import endpoints
 from common.errors import EngineError, InvalidRequestError
 from configs.llm_models import LLMParams, TransformersEngineConfig
 from servers.base_engine import BaseEngine, EngineRequest
+from servers.chat_prompt import encode_prompt, usage
 from servers.registry import register_engine
 
 logger = logging.getLogger(__name__)
@@ -119,24 +120,15 @@ class TransformersEngine(BaseEngine):
                 finished = last.finish_reason is not None
                 chunk: dict[str, Any] = {"text": "".join(e.text for e in batch), "finish_reason": last.finish_reason}
                 if finished:
-                    chunk["usage"] = _usage(len(prompt_ids), last.completion_tokens)
+                    chunk["usage"] = usage(len(prompt_ids), last.completion_tokens)
                 yield chunk
         finally:
             if not finished:
                 self._batcher.cancel(job)
 
     def _encode(self, value: Any, params: LLMParams) -> list[int]:
-        if isinstance(value, dict):
-            raise InvalidRequestError("TRANSFORMERS models take text or a list of chat messages as input", param="input")
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        if isinstance(value, list):
-            if not has_template:
-                raise InvalidRequestError(f"model '{self.model_id}' has no chat template; send a string", param="input")
-            text = self.tokenizer.apply_chat_template(value, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if has_template and self.engine_config.use_chat_template and not params.raw_prompt:
-            return self._encode([{"role": "user", "content": value}], params)
-        return self.tokenizer(value)["input_ids"]
+        return encode_prompt(self.tokenizer, value, model_id=self.model_id,
+                             use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
 
     def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
         if prompt_tokens >= self.max_model_len:
@@ -166,11 +158,3 @@ class TransformersEngine(BaseEngine):
 
     def stats(self) -> dict[str, Any]:
         return self._batcher.stats() if self._batcher is not None else {}
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import time
@@ -52,7 +53,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
         "engine_kwargs": kwargs,
     }
     return {
-        "engine_modules": ["tests.fake_engines"],
+        "engine_modules": ["tests.fake_engines", *(["tests.fake_vllm"] if importlib.util.find_spec("vllm") else [])],
         "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0},
         "llm_configs": [
             {
@@ -71,6 +72,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
             {**echo("echo-tight", "echo-tight"), "deployment_config": {
                 "name": "echo-tight", "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 1, "max_queued_requests": 1}},
             *media_entries(),
+            *fake_vllm_entries(),
         ],
     }
 
@@ -110,6 +112,21 @@ def media_entries() -> list[dict[str, Any]]:
             vision={"backend": "rapidocr", "model_source": str(OCR_DIR), "num_threads": 2},
             audio={"backend": "faster_whisper", "model_source": str(WHISPER_DIR), "num_threads": 2},
         ),
+    ]
+
+
+def fake_vllm_entries() -> list[dict[str, Any]]:
+    """The real VLLMEngine over FakeAsyncLLM (tests/fake_vllm.py); needs vllm importable (CI has it)."""
+    if importlib.util.find_spec("vllm") is None:
+        return []
+    fake = lambda model_id, **kwargs: {  # noqa: E731
+        "model_loading_config": {"model_id": model_id, "model_source": "fake/vllm", "type": "FAKE_VLLM"},
+        "deployment_config": {"name": "fake-vllm", "ray_actor_options": {"num_cpus": 0.1}},
+        "engine_kwargs": {"max_model_len": 512, "fake_max_model_len": 512, **kwargs},
+    }
+    return [
+        fake("fake-vllm"),
+        {**fake("fake-vllm-slow", fake_token_delay_s=0.05), "deployment_config": {"name": "fake-vllm"}, "request_timeout_s": 3.0},
     ]
 
 

@@ -7,6 +7,7 @@ It carries no ``@serve.deployment`` decorator: ``vllm_host.build_app`` applies e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any, AsyncIterator
@@ -46,8 +47,9 @@ class MultiModelDeployment:
     async def infer(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield the engine's chunks; a failure becomes one final ``{"error": ...}`` chunk."""
         try:
-            async for chunk in self._server.infer(request):
-                yield chunk
+            async with contextlib.aclosing(self._server.infer(request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         except ServingError as err:
             yield {"error": err.to_dict(), "status_code": err.status_code}
         except Exception:

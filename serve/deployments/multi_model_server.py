@@ -6,6 +6,7 @@ One engine failing to load is recorded as ``failed`` with its error; the others 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -79,8 +80,11 @@ class MultiModelServer:
             params=params,
             stream=bool(request.get("stream")),
         )
-        async for chunk in engine.infer(engine_request):
-            yield chunk
+        # aclosing: a cancelled or closed request closes the engine's generator at once (so the
+        # engine can abort its work) instead of whenever it is garbage-collected.
+        async with contextlib.aclosing(engine.infer(engine_request)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def describe(self) -> list[dict[str, Any]]:
         return [

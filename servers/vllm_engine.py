@@ -1,0 +1,212 @@
+"""``type: VLLM``: an LLM served by vLLM's async engine (``AsyncLLM``) on CUDA GPUs.
+
+Requests stream straight from vLLM's continuous batcher: each ``RequestOutput`` is a delta
+(``RequestOutputKind.DELTA``) and becomes one chunk. When the client goes away or the router's
+timeout fires, Ray Serve cancels our generator; the cancellation reaches ``AsyncLLM.generate``,
+which aborts the request in the engine, so no GPU time is spent on answers nobody reads.
+
+vllm is imported only inside methods: the router and the config loader import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+import weakref
+from typing import Any, AsyncIterator
+
+from common.errors import InvalidRequestError, ServingError
+from configs.llm_models import LLMParams
+from configs.vllm_models import VLLMEngineConfig
+from servers.base_engine import BaseEngine, EngineRequest
+from servers.chat_prompt import encode_prompt, usage
+from servers.registry import register_engine
+
+logger = logging.getLogger(__name__)
+
+# One start lock per set of visible GPUs (per event loop): vLLM sizes its KV cache from the free
+# memory it measures at start, so engines sharing a GPU must not profile at the same time.
+_START_LOCKS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]" = weakref.WeakKeyDictionary()
+
+
+def device_start_lock(devices: str) -> asyncio.Lock:
+    """The lock that serialises engine starts on ``devices`` (a CUDA_VISIBLE_DEVICES value)."""
+    locks = _START_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(devices, asyncio.Lock())
+
+
+@register_engine("VLLM")
+class VLLMEngine(BaseEngine):
+    config_model = VLLMEngineConfig
+    params_model = LLMParams
+    engine_config: VLLMEngineConfig
+
+    def __init__(self, config: Any, engine_config: VLLMEngineConfig) -> None:
+        super().__init__(config, engine_config)
+        self.engine: Any = None
+        self.tokenizer: Any = None
+        self._running = 0
+        self._finished = 0
+        self._aborted = 0
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        engine_args = self._engine_args(devices)
+        async with device_start_lock(devices):
+            logger.info("starting vLLM for '%s' on CUDA_VISIBLE_DEVICES=%r (tensor_parallel_size %d)",
+                        self.model_id, devices, engine_args.tensor_parallel_size)
+            # Engine creation blocks for minutes (weights, profiling, CUDA graphs): keep the
+            # replica's event loop free so it keeps answering status calls meanwhile.
+            self.engine = await asyncio.to_thread(self._create_engine, engine_args)
+        self.tokenizer = self.engine.get_tokenizer()
+
+    def _engine_args(self, devices: str) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        from cloud.cloud_utils import resolve_model_source
+
+        kwargs = self.engine_config.engine_args()
+        kwargs["tensor_parallel_size"] = resolve_tensor_parallel_size(
+            kwargs["tensor_parallel_size"], devices, kwargs.get("distributed_executor_backend")
+        )
+        source = resolve_model_source(self.config.model_loading_config.model_source)
+        return AsyncEngineArgs(model=source, served_model_name=self.model_id, **kwargs)
+
+    def _create_engine(self, engine_args: Any) -> Any:
+        """Build the ``AsyncLLM`` (runs in a worker thread). Tests override this seam."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        vllm_config = engine_args.create_engine_config()
+        # The Ray executor runs in vLLM's engine-core subprocess, which is not a Ray task and
+        # cannot see this replica's placement group: hand it over explicitly.
+        if vllm_config.parallel_config.distributed_executor_backend == "ray":
+            vllm_config.parallel_config.placement_group = _current_placement_group()
+        return AsyncLLM.from_vllm_config(
+            vllm_config,
+            enable_log_requests=engine_args.enable_log_requests,
+            disable_log_stats=engine_args.disable_log_stats,
+        )
+
+    async def check_health(self) -> None:
+        if self.engine is not None:
+            await self.engine.check_health()
+
+    async def stop(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)  # stops the engine-core process: frees the GPU
+
+    # -- requests -------------------------------------------------------------------------
+    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError
+
+        params: LLMParams = request.params
+        prompt_ids = encode_prompt(self.tokenizer, request.input, model_id=self.model_id,
+                                   use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
+        call = self._generate_kwargs(prompt_ids, params, request.request_id)
+        completion_tokens = 0
+        self._running += 1
+        try:
+            # aclosing: when we are cancelled or closed, generate() is closed at once, and it
+            # aborts the request inside vLLM (it does so on CancelledError and GeneratorExit).
+            async with contextlib.aclosing(self.engine.generate(**call)) as outputs:
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    completion_tokens += len(completion.token_ids)
+                    chunk: dict[str, Any] = {"text": completion.text, "finish_reason": completion.finish_reason}
+                    if output.finished:
+                        chunk["usage"] = usage(len(output.prompt_token_ids or prompt_ids), completion_tokens)
+                        self._finished += 1
+                    yield chunk
+        except VLLMClientError as exc:
+            raise _invalid_request(exc) from None
+        except GracefulHTTPError as exc:  # e.g. queue full: vLLM's status (503) so clients retry elsewhere
+            err = ServingError(exc.message)
+            err.status_code, err.error_type = int(exc.http_status), "engine_busy"
+            raise err from None
+        except (asyncio.CancelledError, GeneratorExit):
+            self._aborted += 1
+            raise
+        finally:
+            self._running -= 1
+
+    def _generate_kwargs(self, prompt_ids: list[int], params: LLMParams, request_id: str) -> dict[str, Any]:
+        """Arguments of ``AsyncLLM.generate`` (tests bind them to its real signature)."""
+        from vllm.inputs import TokensPrompt
+
+        return {
+            "prompt": TokensPrompt(prompt_token_ids=prompt_ids),
+            "sampling_params": sampling_params(params),
+            # Unique even when a client reuses its x-request-id: vLLM keys requests by this id.
+            "request_id": f"{request_id or 'req'}-{uuid.uuid4().hex[:12]}",
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {"running": self._running, "finished": self._finished, "aborted": self._aborted}
+
+
+def sampling_params(params: LLMParams) -> Any:
+    """vLLM ``SamplingParams`` for a request; vLLM's own validation errors become 400s."""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMClientError
+    from vllm.sampling_params import RequestOutputKind
+
+    try:
+        return SamplingParams(
+            n=params.n,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=max(params.top_k, 0),  # ours: -1 or 0 = off; vLLM's: 0 = off
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            repetition_penalty=params.repetition_penalty,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except (ValueError, VLLMClientError) as exc:
+        raise _invalid_request(exc) from None
+
+
+def _invalid_request(exc: Exception) -> InvalidRequestError:
+    parameter = getattr(exc, "parameter", None)
+    param = f"params.{parameter}" if parameter in LLMParams.model_fields else None
+    return InvalidRequestError(str(exc), param=param)
+
+
+def resolve_tensor_parallel_size(requested: int, devices: str, backend: str | None) -> int:
+    """``0`` = every GPU this replica was given: its placement group's, else its visible ones.
+
+    In a placement group vLLM picks its Ray executor unless told ``mp``, so the group's GPUs count.
+    """
+    if requested > 0:
+        return requested
+    if backend in (None, "ray"):
+        gpus = _placement_group_gpus()
+        if gpus:
+            return gpus
+    visible = [d for d in devices.split(",") if d.strip()]
+    if not visible:
+        raise ValueError(
+            "tensor_parallel_size 0 means every GPU of the replica, but it was given none: set "
+            "deployment_config.ray_actor_options.num_gpus (or placement_group_bundles with GPUs and "
+            "distributed_executor_backend: ray)"
+        )
+    return len(visible)
+
+
+def _current_placement_group() -> Any:
+    """This replica's placement group, or None (outside Ray too: never starts a Ray cluster)."""
+    import ray
+
+    return ray.util.get_current_placement_group() if ray.is_initialized() else None
+
+
+def _placement_group_gpus() -> int:
+    group = _current_placement_group()
+    return int(sum(bundle.get("GPU", 0) for bundle in group.bundle_specs)) if group else 0
