@@ -32,3 +32,4 @@ class AudioParams(BasePydantic):
     task: Literal["transcribe", "translate"] = "transcribe"
     timestamps: bool = Field(default=False, description="Return segments with start/end seconds.")
     vad_filter: bool = Field(default=False, description="Skip silence first (faster_whisper's Silero VAD).")
+    prompt: str | None = Field(default=None, max_length=2000, description="Text that primes spelling and style (faster_whisper).")

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import Any, AsyncIterator
 
+from common import endpoints
 from common.media import decode_audio, read_media
 from configs.audio_models import AudioEngineConfig, AudioParams
 from servers.base_engine import BaseEngine, EngineRequest
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 class AudioEngine(BaseEngine):
     config_model = AudioEngineConfig
     params_model = AudioParams
+    openai_endpoints = (endpoints.TRANSCRIPTIONS,)
     engine_config: AudioEngineConfig
 
     def __init__(self, config: Any, engine_config: AudioEngineConfig) -> None:

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import wait_ready
+from tests.conftest import FIXTURES_DIR, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +95,55 @@ def test_model_of_wrong_type_says_what_it_serves(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         oai.chat.completions.create(model="echo-a", messages=FRANCE)
     assert "/v1/infer" in info.value.body["message"] and info.value.body["code"] == "unsupported_endpoint"
+
+
+SPEECH = FIXTURES_DIR / "speech.wav"
+SPOKEN_WORDS = {"open", "red", "door", "count", "five"}  # "Hello world. Please open the red door and count to five."
+
+
+def spoken(text: str) -> set[str]:
+    return {w.strip(".,!?").lower() for w in text.split()}
+
+
+@pytest.fixture()
+def oai_audio(serve_app: str, client: httpx.Client) -> openai.OpenAI:
+    wait_ready(client, "whisper-tiny-en")
+    return openai.OpenAI(base_url=f"{serve_app}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+def test_transcription_json_and_text(oai_audio: openai.OpenAI) -> None:
+    with SPEECH.open("rb") as f:
+        result = oai_audio.audio.transcriptions.create(model="whisper-tiny-en", file=f)
+    assert SPOKEN_WORDS <= spoken(result.text)
+    with SPEECH.open("rb") as f:
+        text = oai_audio.audio.transcriptions.create(model="whisper-tiny-en", file=f, response_format="text", language="en")
+    assert SPOKEN_WORDS <= spoken(str(text))
+
+
+def test_transcription_verbose_json_has_segments(oai_audio: openai.OpenAI) -> None:
+    with SPEECH.open("rb") as f:
+        result = oai_audio.audio.transcriptions.create(model="whisper-tiny-en", file=f, response_format="verbose_json",
+                                                       timestamp_granularities=["segment"])
+    assert result.language == "en" and result.duration > 1
+    assert result.segments and result.segments[0].end > result.segments[0].start
+    assert SPOKEN_WORDS <= spoken(" ".join(s.text for s in result.segments))
+
+
+@pytest.mark.parametrize("fmt, header", [("srt", "1\n00:00:"), ("vtt", "WEBVTT\n\n00:00:")])
+def test_transcription_subtitles(oai_audio: openai.OpenAI, fmt: str, header: str) -> None:
+    with SPEECH.open("rb") as f:
+        subtitles = str(oai_audio.audio.transcriptions.create(model="whisper-tiny-en", file=f, response_format=fmt))
+    assert subtitles.startswith(header) and " --> " in subtitles
+    assert SPOKEN_WORDS <= spoken(subtitles)
+
+
+def test_transcription_errors(oai_audio: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:  # an LLM does not transcribe
+        oai_audio.audio.transcriptions.create(model=SMOL, file=SPEECH.open("rb"))
+    assert "/v1/chat/completions" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError):  # bytes that are not audio
+        oai_audio.audio.transcriptions.create(model="whisper-tiny-en", file=("x.wav", b"not audio at all"))
+    with pytest.raises(openai.BadRequestError):
+        oai_audio.audio.transcriptions.create(model="whisper-tiny-en", file=SPEECH.open("rb"), timestamp_granularities=["word"])
+    with pytest.raises(openai.BadRequestError):  # chat on an AUDIO model says what it serves
+        oai_audio.chat.completions.create(model="whisper-tiny-en", messages=FRANCE)

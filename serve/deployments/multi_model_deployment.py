@@ -13,6 +13,7 @@ import os
 from typing import Any, AsyncIterator
 
 from common.accelerator import configure_visible_devices
+from common.logs import use_serve_log_handlers
 from common.errors import ServingError
 from configs.server_models import MultiModelConfig
 from serve.deployments.multi_model_server import MultiModelServer
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 class MultiModelDeployment:
     async def __init__(self, llm_configs: list[dict[str, Any]], engine_modules: list[str] | None = None) -> None:
+        use_serve_log_handlers()
         configure_visible_devices()  # before any engine imports torch or vllm
         import_engine_modules(engine_modules or [])
         self._configs = [MultiModelConfig.model_validate(c) for c in llm_configs]

@@ -75,6 +75,25 @@ def completion_input(req: CompletionRequest) -> tuple[str, dict[str, Any]]:
     return prompt, {**_params(req, req.max_tokens), "raw_prompt": True}
 
 
+def transcription_params(
+    language: str | None, prompt: str | None, response_format: str, temperature: float | None,
+    granularities: list[str] | None,
+) -> dict[str, Any]:
+    """OpenAI transcription fields -> AUDIO params; what we cannot honour is refused, not ignored."""
+    if temperature not in (None, 0, 0.0):
+        raise InvalidRequestError("only temperature 0 is supported for transcriptions", param="temperature",
+                                  code="unsupported_parameter")
+    if granularities and "word" in granularities:
+        raise InvalidRequestError("word timestamps are not supported; use 'segment'", param="timestamp_granularities",
+                                  code="unsupported_parameter")
+    params: dict[str, Any] = {"timestamps": response_format in ("verbose_json", "srt", "vtt") or bool(granularities)}
+    if language:
+        params["language"] = language
+    if prompt:
+        params["prompt"] = prompt
+    return params
+
+
 def _usage(merged: dict[str, Any]) -> dict[str, int]:
     usage = merged.get("usage") or {}
     return {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}

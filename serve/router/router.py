@@ -21,6 +21,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from common import endpoints
 from common.errors import ModelNotReadyError, OverloadedError, ServingError, error_from_dict
+from common.logs import use_serve_log_handlers
 from configs.infer_models import HealthResponse, InferRequest
 from configs.server_models import RouterConfig
 from serve.router.http_errors import install_error_handlers
@@ -51,6 +52,7 @@ router_app.include_router(openai_router)
 
 class MultiModelRouter(OpenAIRoutes):
     def __init__(self, handles: dict[str, Any], model_entries: list[dict[str, Any]], router_config: dict[str, Any]) -> None:
+        use_serve_log_handlers()
         self.config = RouterConfig.model_validate(router_config)
         self.created = int(time.time())
         entries = [ModelEntry(**{**e, "endpoints": tuple(e.get("endpoints", ()))}) for e in model_entries]

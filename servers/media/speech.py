@@ -82,7 +82,7 @@ class FasterWhisperBackend:
     def transcribe(self, samples: Any, params: AudioParams) -> Iterator[TranscriptInfo | Segment]:
         segments, info = self.model.transcribe(
             samples, language=params.language, task=params.task, beam_size=self.beam_size,
-            vad_filter=params.vad_filter, condition_on_previous_text=False,
+            vad_filter=params.vad_filter, condition_on_previous_text=False, initial_prompt=params.prompt,
         )
         yield TranscriptInfo(language=info.language, duration=round(float(info.duration), 3))
         for seg in segments:
@@ -105,6 +105,8 @@ class TransformersSpeechBackend:
     def check(self, params: AudioParams) -> None:
         if params.vad_filter:
             raise InvalidRequestError("vad_filter is only supported by the faster_whisper backend", param="params.vad_filter")
+        if params.prompt:
+            raise InvalidRequestError("prompt is only supported by the faster_whisper backend", param="params.prompt")
         if params.timestamps and not self.has_timestamps:
             raise InvalidRequestError("this model does not predict timestamps", param="params.timestamps")
         if not self.multilingual:
