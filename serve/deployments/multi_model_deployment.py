@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 
 from common.accelerator import configure_visible_devices
 from common.logs import use_serve_log_handlers
+from common.chunks import ChunkMerger
 from common.errors import ServingError
 from configs.server_models import MultiModelConfig
 from serve.deployments.multi_model_server import MultiModelServer
@@ -52,15 +53,30 @@ class MultiModelDeployment:
             async with contextlib.aclosing(self._server.infer(request)) as chunks:
                 async for chunk in chunks:
                     yield chunk
-        except ServingError as err:
-            yield {"error": err.to_dict(), "status_code": err.status_code}
-        except Exception:
-            request_id = request.get("request_id", "")
-            logger.exception("request %s for model '%s' failed", request_id, request.get("model_id"))
-            yield {
-                "error": {"type": "internal_error", "message": f"internal error (request id {request_id})", "param": None},
-                "status_code": 500,
-            }
+        except Exception as exc:  # noqa: BLE001 - turned into an error chunk for the client
+            yield self._error_chunk(exc, request)
+
+    async def infer_collected(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Non-streaming requests: the merged answer in one reply, saving a round trip per chunk."""
+        merger = ChunkMerger()
+        try:
+            async with contextlib.aclosing(self._server.infer(request)) as chunks:
+                async for chunk in chunks:
+                    merger.add(chunk)
+        except Exception as exc:  # noqa: BLE001 - turned into an error reply for the client
+            return self._error_chunk(exc, request)
+        return merger.result()
+
+    @staticmethod
+    def _error_chunk(exc: Exception, request: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(exc, ServingError):
+            return {"error": exc.to_dict(), "status_code": exc.status_code}
+        request_id = request.get("request_id", "")
+        logger.error("request %s for model '%s' failed", request_id, request.get("model_id"), exc_info=exc)
+        return {
+            "error": {"type": "internal_error", "message": f"internal error (request id {request_id})", "param": None},
+            "status_code": 500,
+        }
 
     async def check_health(self) -> None:
         """Ray Serve's health check: a dead engine makes the replica unhealthy and replaced."""

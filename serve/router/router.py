@@ -112,8 +112,14 @@ class MultiModelRouter(OpenAIRoutes):
         record = RequestRecord(payload["request_id"], model_id, endpoint)
         response = None
         try:
-            response = self.directory.handle_for(model_id).options(stream=True).infer.remote(payload)
-            async for chunk in response:
+            handle = self.directory.handle_for(model_id)
+            if payload.get("stream"):
+                response = handle.options(stream=True).infer.remote(payload)
+                replies: Any = response
+            else:  # one merged reply: a single round trip instead of one per chunk
+                response = handle.infer_collected.remote(payload)
+                replies = _single(await response)
+            async for chunk in replies:
                 if "error" in chunk:
                     raise error_from_dict(chunk.get("status_code", 500), chunk["error"])
                 record.on_chunk(chunk)
@@ -140,6 +146,10 @@ class MultiModelRouter(OpenAIRoutes):
                 with contextlib.suppress(Exception):
                     response.cancel()
             record.report(self.metrics)
+
+
+async def _single(reply: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield reply
 
 
 RouterIngress = serve.ingress(router_app)(MultiModelRouter)

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Protocol
 
 from fastapi.responses import StreamingResponse
 
+from common.chunks import ChunkMerger
 from common.errors import RequestTimeoutError, ServingError
 from common.sse import SSE_DONE, sse_event
 
@@ -27,22 +28,17 @@ class EventEncoder(Protocol):
 
 
 async def collect(chunks: Chunks, timeout: float) -> dict[str, Any]:
-    """Merge chunks: ``text`` deltas are concatenated, other fields keep their last non-null value."""
-    result: dict[str, Any] = {}
-    text: list[str] = []
-    has_text = False
+    """One answer from all chunks (see ``common.chunks``), within the request's deadline."""
+    merger = ChunkMerger()
     try:
         async with asyncio.timeout(timeout):
             async for chunk in chunks:
-                if "text" in chunk:
-                    has_text = True
-                    text.append(chunk["text"] or "")
-                result.update({k: v for k, v in chunk.items() if k != "text" and v is not None})
+                merger.add(chunk)
     except TimeoutError:
         raise RequestTimeoutError(f"request did not finish within {timeout:g}s", timeout_s=timeout) from None
     finally:
         await chunks.aclose()
-    return {"text": "".join(text), **result} if has_text else result
+    return merger.result()
 
 
 async def sse_response(chunks: Chunks, timeout: float, encoder: EventEncoder) -> StreamingResponse:
