@@ -67,19 +67,3 @@ class CompletionRequest(SamplingFields):
     echo: bool | None = False
     best_of: int | None = None
     suffix: str | None = None
-
-
-class CompletionUsage(LenientPydantic):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-class ModelCard(LenientPydantic):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-
-
-TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
