@@ -42,3 +42,7 @@ ROUTER_MAX_ONGOING_REQUESTS = _env_int("ROUTER_MAX_ONGOING_REQUESTS", 1024)
 # how many frames a VIDEO request may sample at most.
 MEDIA_MAX_INPUT_BYTES = _env_int("MEDIA_MAX_INPUT_BYTES", 25 * 1024 * 1024)
 VIDEO_MAX_FRAMES = _env_int("VIDEO_MAX_FRAMES", 64)
+
+# Longest audio (seconds) and largest image (pixels) a media model accepts by default (400 above).
+MEDIA_MAX_AUDIO_SECONDS = _env_float("MEDIA_MAX_AUDIO_SECONDS", 3600.0)
+MEDIA_MAX_IMAGE_PIXELS = _env_int("MEDIA_MAX_IMAGE_PIXELS", 40_000_000)

@@ -44,6 +44,8 @@ class MediaLimits:
 
     max_bytes: int
     media_root: str | None = None
+    max_audio_seconds: float | None = None
+    max_image_pixels: int | None = None
 
 
 def read_media(value: Any, kind: MediaKind, limits: MediaLimits) -> bytes:
@@ -120,7 +122,7 @@ def _read_path(path: str, limits: MediaLimits) -> bytes:
 
 
 # -- decoders ---------------------------------------------------------------------------------
-def decode_audio(data: bytes, sampling_rate: int = 16_000) -> Any:
+def decode_audio(data: bytes, sampling_rate: int = 16_000, max_seconds: float | None = None) -> Any:
     """Mono float32 samples at ``sampling_rate`` from any container PyAV reads (wav, flac, mp3, ogg, m4a, mp4)."""
     import av
     import numpy as np
@@ -130,6 +132,7 @@ def decode_audio(data: bytes, sampling_rate: int = 16_000) -> Any:
             stream = next((s for s in container.streams if s.type == "audio"), None)
             if stream is None:
                 raise InvalidRequestError("input has no audio track", param="input")
+            _check_seconds(_duration(container, stream), max_seconds)  # from the header: before decoding
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
             parts = [out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in resampler.resample(frame)]
             parts += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
@@ -140,18 +143,35 @@ def decode_audio(data: bytes, sampling_rate: int = 16_000) -> Any:
     samples = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
     if samples.size == 0:
         raise InvalidRequestError("audio contains no samples", param="input")
+    _check_seconds(samples.size / sampling_rate, max_seconds)  # headers can lie or be missing
     return samples
 
 
-def decode_image(data: bytes) -> Any:
+def _check_seconds(seconds: float, max_seconds: float | None) -> None:
+    if max_seconds is not None and seconds > max_seconds:
+        raise InvalidRequestError(
+            f"audio is {seconds:.1f} s long; this model accepts at most {max_seconds:g} s (max_audio_seconds)",
+            param="input", code="input_too_long", limit_seconds=max_seconds,
+        )
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Any:
     """An RGB ``PIL.Image`` (first frame of animated GIF/WebP)."""
     from PIL import Image
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only: size is known before decoding
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise InvalidRequestError(
+                f"image is {width}x{height} = {width * height} pixels; this model accepts at most {max_pixels} (max_image_pixels)",
+                param="input", code="input_too_large", limit_pixels=max_pixels,
+            )
         image.seek(0)
         image.load()
         return image.convert("RGB")
+    except InvalidRequestError:
+        raise
     except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated files, bombs
         raise InvalidRequestError(f"cannot decode image: {_reason(exc)}", param="input") from None
 

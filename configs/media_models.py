@@ -23,6 +23,9 @@ class MediaInputConfig(BasePydantic):
 
     max_input_bytes: int = Field(default=constants.MEDIA_MAX_INPUT_BYTES, gt=0, description="Decoded input size cap (413 above).")
     media_root: str | None = Field(default=None, description="Folder that {'path': ...} inputs may read from; unset = paths refused.")
+    max_audio_seconds: float = Field(default=constants.MEDIA_MAX_AUDIO_SECONDS, gt=0, description="Longest audio accepted (400 above).")
+    max_image_pixels: int = Field(default=constants.MEDIA_MAX_IMAGE_PIXELS, gt=0, description="Largest image accepted, width x height (400 above).")
 
     def limits(self) -> MediaLimits:
-        return MediaLimits(max_bytes=self.max_input_bytes, media_root=self.media_root)
+        return MediaLimits(max_bytes=self.max_input_bytes, media_root=self.media_root,
+                           max_audio_seconds=self.max_audio_seconds, max_image_pixels=self.max_image_pixels)

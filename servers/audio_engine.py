@@ -46,7 +46,7 @@ class AudioEngine(BaseEngine):
         params: AudioParams = request.params
         self.backend.check(params)
         data = read_media(request.input, "audio", self.engine_config.limits())
-        samples = await asyncio.to_thread(decode_audio, data)  # off the model's thread
+        samples = await asyncio.to_thread(decode_audio, data, max_seconds=self.engine_config.max_audio_seconds)  # off the model's thread
         self.requests += 1
         info: TranscriptInfo | None = None
         segments: list[Segment] = []

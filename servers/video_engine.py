@@ -99,7 +99,7 @@ class VideoEngine(BaseEngine):
         wants_audio = self.speech is not None and params.task in ("transcribe", "timeline")
         # a timeline of a silent video is just its frames; asking to transcribe it is an error
         if wants_audio and (frames.has_audio or params.task == "transcribe"):
-            return frames, await asyncio.to_thread(decode_audio, data)
+            return frames, await asyncio.to_thread(decode_audio, data, max_seconds=self.engine_config.max_audio_seconds)
         return frames, None
 
     async def _entries(self, frames: VideoFrames, samples: Any, params: VideoParams) -> AsyncIterator[Any]:

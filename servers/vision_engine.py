@@ -46,7 +46,7 @@ class VisionEngine(BaseEngine):
         params: VisionParams = request.params
         check_vision_params(self.backend.task, params)
         data = read_media(request.input, "image", self.engine_config.limits())
-        image = await asyncio.to_thread(decode_image, data)  # off the model's thread: decoding overlaps inference
+        image = await asyncio.to_thread(decode_image, data, self.engine_config.max_image_pixels)  # off the model's thread: decoding overlaps inference
         assert self.batcher is not None
         result = await self.batcher.submit(params.model_dump_json(), params, image)
         self.requests += 1

@@ -216,3 +216,19 @@ def _transcode(wav: bytes, target: Path, container: str, codec: str, rate: int) 
 def test_common_audio_formats_decode_to_the_same_length(tmp_path: Path, suffix: str, container: str, codec: str, rate: int) -> None:
     data = _transcode(WAV, tmp_path / f"speech.{suffix}", container, codec, rate)
     assert abs(len(decode_audio(data)) - len(decode_audio(WAV))) < 16_000 * 0.1  # within 0.1 s (codec padding)
+
+
+def test_audio_longer_than_the_limit_is_a_400_naming_it() -> None:
+    speech = (FIXTURES_DIR / "speech.wav").read_bytes()  # about 4.8 s
+    assert decode_audio(speech, max_seconds=10).size > 0
+    with pytest.raises(InvalidRequestError) as info:
+        decode_audio(speech, max_seconds=2)
+    assert "max_audio_seconds" in info.value.message and info.value.extra["limit_seconds"] == 2
+
+
+def test_image_larger_than_the_pixel_limit_is_a_400_naming_it() -> None:
+    png = (FIXTURES_DIR / "text.png").read_bytes()  # 640 x 240
+    assert decode_image(png, max_pixels=640 * 240).size == (640, 240)
+    with pytest.raises(InvalidRequestError) as info:
+        decode_image(png, max_pixels=1000)
+    assert "max_image_pixels" in info.value.message and info.value.extra["limit_pixels"] == 1000
