@@ -42,3 +42,7 @@ ROUTER_MAX_ONGOING_REQUESTS = _env_int("ROUTER_MAX_ONGOING_REQUESTS", 1024)
 # how many frames a VIDEO request may sample at most.
 MEDIA_MAX_INPUT_BYTES = _env_int("MEDIA_MAX_INPUT_BYTES", 25 * 1024 * 1024)
 VIDEO_MAX_FRAMES = _env_int("VIDEO_MAX_FRAMES", 64)
+
+# Per-node cache for s3:// and gs:// model sources (copied once, then reused); read at call time.
+MODEL_CACHE_ENV = ENV_PREFIX + "MODEL_CACHE"
+DEFAULT_MODEL_CACHE = "~/.cache/modelhost/models"
