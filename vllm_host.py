@@ -61,11 +61,16 @@ def build_application(loaded: LoadedConfig) -> Application:
     return ingress.bind(handles, [_index_entry(m) for m in loaded.models], router.model_dump())
 
 
-def _bind_model_deployment(name: str, entries: list[MultiModelConfig], engine_modules: list[str]) -> Application:
+def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
+    """The Serve options of one deployment: entries sharing it set them on one entry only."""
     options: dict[str, Any] = {}
     for entry in entries:  # the loader guarantees sharing entries agree
         options.update({k: v for k, v in entry.deployment_config.items() if k != "name"})
-    deployment = serve.deployment(MultiModelDeployment, name=name, **options)
+    return options
+
+
+def _bind_model_deployment(name: str, entries: list[MultiModelConfig], engine_modules: list[str]) -> Application:
+    deployment = serve.deployment(MultiModelDeployment, name=name, **deployment_options(entries))
     return deployment.bind([e.model_dump() for e in entries], engine_modules)
 
 

@@ -46,3 +46,7 @@ VIDEO_MAX_FRAMES = _env_int("VIDEO_MAX_FRAMES", 64)
 # Longest audio (seconds) and largest image (pixels) a media model accepts by default (400 above).
 MEDIA_MAX_AUDIO_SECONDS = _env_float("MEDIA_MAX_AUDIO_SECONDS", 3600.0)
 MEDIA_MAX_IMAGE_PIXELS = _env_int("MEDIA_MAX_IMAGE_PIXELS", 40_000_000)
+
+# Per-node cache for s3:// and gs:// model sources (copied once, then reused); read at call time.
+MODEL_CACHE_ENV = ENV_PREFIX + "MODEL_CACHE"
+DEFAULT_MODEL_CACHE = "~/.cache/modelhost/models"

@@ -50,7 +50,7 @@ class TransformersEngine(BaseEngine):
         cfg = self.engine_config
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         self.device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-        source = resolve_model_source(self.config.model_loading_config.model_source)
+        source = resolve_model_source(self.config.model_loading_config.model_source, cfg.revision)
         common = {"gguf_file": cfg.gguf_file, "trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
         self.tokenizer = AutoTokenizer.from_pretrained(source, **common)
         self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(torch), **common)

@@ -120,7 +120,7 @@ def fake_vllm_entries() -> list[dict[str, Any]]:
     if importlib.util.find_spec("vllm") is None:
         return []
     fake = lambda model_id, **kwargs: {  # noqa: E731
-        "model_loading_config": {"model_id": model_id, "model_source": "fake/vllm", "type": "FAKE_VLLM"},
+        "model_loading_config": {"model_id": model_id, "model_source": str(FIXTURES_DIR), "type": "FAKE_VLLM"},
         "deployment_config": {"name": "fake-vllm", "ray_actor_options": {"num_cpus": 0.1}},
         "engine_kwargs": {"max_model_len": 512, "fake_max_model_len": 512, **kwargs},
     }

@@ -46,8 +46,13 @@ REFERENCE_ENGINE_KWARGS = {
 }
 
 
+# An existing folder stands in for the model: resolve_model_source would fetch a hub id, and
+# neither AsyncEngineArgs nor FakeAsyncLLM reads weights.
+MODEL_DIR = str(Path(__file__).resolve().parent / "fixtures")
+
+
 def vllm_entry(model_id: str = "m", **engine_kwargs: Any) -> dict[str, Any]:
-    return {"model_loading_config": {"model_id": model_id, "model_source": "org/model", "type": "VLLM"},
+    return {"model_loading_config": {"model_id": model_id, "model_source": MODEL_DIR, "type": "VLLM"},
             "engine_kwargs": engine_kwargs}
 
 
@@ -94,7 +99,7 @@ def test_reference_engine_kwargs_build_real_async_engine_args() -> None:
     engine = vllm_engine.VLLMEngine(MultiModelConfig.model_validate(vllm_entry(**REFERENCE_ENGINE_KWARGS)), config)
     args = engine._engine_args(devices="3")
     assert isinstance(args, AsyncEngineArgs)
-    assert args.model == "org/model" and args.served_model_name == "m"
+    assert args.model == MODEL_DIR and args.served_model_name == "m"
     assert args.tensor_parallel_size == 1  # 0 = the one GPU Ray gave this replica
     assert (args.dtype, args.gpu_memory_utilization, args.max_model_len) == ("float16", 0.4, 8192)
     assert (args.max_num_seqs, args.max_num_batched_tokens, args.enforce_eager) == (256, 32768, False)
