@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable
 
 from ray.exceptions import RayActorError
 
@@ -71,11 +71,28 @@ class ModelDirectory:
         """503 at once for a deployment that had replicas and lost them all (node gone, crash) and
         may not scale to zero: waiting would only end at the request timeout. A scale-to-zero
         deployment at zero is woken by the request instead."""
-        if self.replica_counts is None or entry.deployment in self.scales_to_zero:
-            return
-        counts = self.replica_counts.cached().get(entry.deployment)
-        if counts and counts.running == 0 and counts.target > 0 and entry.deployment in self.replica_counts.ever_running:
+        if self._is_lost(entry):
             raise ModelNotReadyError(f"model '{entry.model_id}' has no running replica (being replaced); retry later")
+
+    def _is_lost(self, entry: ModelEntry) -> bool:
+        if self.replica_counts is None or entry.deployment in self.scales_to_zero:
+            return False
+        counts = self.replica_counts.cached().get(entry.deployment)
+        return bool(counts and counts.running == 0 and counts.target > 0 and entry.deployment in self.replica_counts.ever_running)
+
+    async def first_chunk(self, model_id: str, next_chunk: Awaitable[dict[str, Any]], poll_s: float = 1.0) -> dict[str, Any]:
+        """Await a request's first chunk, but give up with a 503 if the deployment loses its last
+        replica meanwhile: a request queued for a replica that cannot be placed (its node is gone)
+        would otherwise wait for the whole request timeout."""
+        entry = self.get(model_id)
+        task = asyncio.ensure_future(next_chunk)
+        try:
+            while not (await asyncio.wait({task}, timeout=poll_s))[0]:
+                if self._is_lost(entry):
+                    raise ModelNotReadyError(f"model '{model_id}' lost its replicas while the request waited; retry later")
+            return task.result()
+        finally:
+            task.cancel()
 
     async def describe_all(self) -> list[dict[str, Any]]:
         """Static config merged with live status from every deployment, queried concurrently."""

@@ -113,7 +113,7 @@ class MultiModelRouter(OpenAIRoutes):
         response = None
         try:
             response = self.directory.handle_for(model_id).options(stream=True).infer.remote(payload)
-            async for chunk in response:
+            async for chunk in _with_first(await self.directory.first_chunk(model_id, anext(response)), response):
                 if "error" in chunk:
                     raise error_from_dict(chunk.get("status_code", 500), chunk["error"])
                 record.on_chunk(chunk)
@@ -140,6 +140,12 @@ class MultiModelRouter(OpenAIRoutes):
                 with contextlib.suppress(Exception):
                     response.cancel()
             record.report(self.metrics)
+
+
+async def _with_first(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 RouterIngress = serve.ingress(router_app)(MultiModelRouter)
