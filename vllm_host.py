@@ -60,7 +60,7 @@ def build_application(loaded: LoadedConfig) -> Application:
         name=ROUTER_DEPLOYMENT_NAME,
         num_replicas=router.num_replicas,
         max_ongoing_requests=router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": router.num_cpus},
+        ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
         graceful_shutdown_timeout_s=router.request_timeout_s,
     )
     index, router_config = [_index_entry(m) for m in loaded.models], router.model_dump()
