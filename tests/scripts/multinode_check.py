@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -18,7 +19,9 @@ from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rmn-", dir="/tmp"))  # short: socket paths
+OWN_TMPDIR = None if "RAY_TMPDIR" in os.environ else tempfile.mkdtemp(prefix="rmn-", dir="/tmp")  # short: socket paths
+if OWN_TMPDIR:
+    os.environ["RAY_TMPDIR"] = OWN_TMPDIR
 os.environ.setdefault("RAY_worker_niceness", "0")
 os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 
@@ -112,6 +115,8 @@ def main() -> dict[str, Any]:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+        if OWN_TMPDIR:
+            shutil.rmtree(OWN_TMPDIR, ignore_errors=True)
 
 
 if __name__ == "__main__":
