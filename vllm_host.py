@@ -7,9 +7,13 @@ deployment name (entries sharing a ``deployment_config.name`` share replicas) an
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -56,9 +60,11 @@ def build_application(loaded: LoadedConfig) -> Application:
         name=ROUTER_DEPLOYMENT_NAME,
         num_replicas=router.num_replicas,
         max_ongoing_requests=router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": router.num_cpus},
+        ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
+        graceful_shutdown_timeout_s=router.request_timeout_s,
     )
-    return ingress.bind(handles, [_index_entry(m) for m in loaded.models], router.model_dump())
+    index, router_config = [_index_entry(m) for m in loaded.models], router.model_dump()
+    return _versioned(ingress, index, router_config, loaded.engine_modules).bind(handles, index, router_config)
 
 
 def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
@@ -71,7 +77,30 @@ def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
 
 def _bind_model_deployment(name: str, entries: list[MultiModelConfig], engine_modules: list[str]) -> Application:
     deployment = serve.deployment(MultiModelDeployment, name=name, **deployment_options(entries))
-    return deployment.bind([e.model_dump() for e in entries], engine_modules)
+    configs = [e.model_dump() for e in entries]
+    return _versioned(deployment, configs, engine_modules).bind(configs, engine_modules)
+
+
+def _versioned(deployment: Any, *init_args: Any) -> Any:
+    """Pin the deployment's version to its code and init args, so a redeploy that adds or removes
+    other models keeps this deployment's replicas (``serve.run`` otherwise draws a random version
+    and restarts every replica). Option changes (e.g. autoscaling) are still applied by Serve,
+    without a restart when they are lightweight. Ray 2.60 only accepts ``version`` internally."""
+    payload = json.dumps([_code_digest(), init_args], sort_keys=True, default=str).encode()
+    return deployment.options(version=hashlib.sha256(payload).hexdigest()[:16], _internal=True)
+
+
+@functools.cache
+def _code_digest() -> str:
+    """Our source files: a code change (new image, new checkout) still restarts replicas."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted([root / "vllm_host.py", *(p for d in _CODE_DIRS for p in (root / d).rglob("*.py"))]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+_CODE_DIRS = ("common", "configs", "serve", "servers")
 
 
 def _index_entry(entry: MultiModelConfig) -> dict[str, Any]:

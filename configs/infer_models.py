@@ -77,7 +77,7 @@ class ErrorResponse(BasePydantic):
 
 
 class ModelHealth(LenientPydantic):
-    status: Literal["ready", "loading", "failed"]
+    status: Literal["ready", "loading", "failed", "scaled_to_zero"]
     error: str | None = None
 
 

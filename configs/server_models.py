@@ -76,6 +76,9 @@ class RouterConfig(BasePydantic):
     )
     open_paths: list[str] = Field(default_factory=lambda: ["/v1/health"], description="Paths that need no API key.")
     num_cpus: float = Field(default=constants.ROUTER_NUM_CPUS, ge=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources, e.g. to pin the router to the head node."
+    )
     max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
     num_replicas: int = Field(default=1, ge=1)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable
 
 from ray.exceptions import RayActorError
 
-from common.errors import InvalidRequestError, NotFoundError
+from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
+from serve.router.replica_counts import ReplicaCounts, Replicas
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +33,15 @@ class ModelEntry:
 
 
 class ModelDirectory:
-    def __init__(self, entries: list[ModelEntry], handles: dict[str, Any], discovery_timeout_s: float) -> None:
+    def __init__(
+        self, entries: list[ModelEntry], handles: dict[str, Any], discovery_timeout_s: float,
+        replica_counts: ReplicaCounts | None = None,
+    ) -> None:
         self.entries = {e.model_id: e for e in entries}
         self.handles = handles
         self.discovery_timeout_s = discovery_timeout_s
+        self.replica_counts = replica_counts
+        self.scales_to_zero = {e.deployment for e in entries if _min_replicas(e) == 0}
 
     def get(self, model_id: str, param: str = "model_id") -> ModelEntry:
         entry = self.entries.get(model_id)
@@ -57,24 +63,62 @@ class ModelDirectory:
         return entry
 
     def handle_for(self, model_id: str) -> Any:
-        return self.handles[self.get(model_id).deployment]
+        entry = self.get(model_id)
+        self._check_not_lost(entry)
+        return self.handles[entry.deployment]
+
+    def _check_not_lost(self, entry: ModelEntry) -> None:
+        """503 at once for a deployment that had replicas and lost them all (node gone, crash) and
+        may not scale to zero: waiting would only end at the request timeout. A scale-to-zero
+        deployment at zero is woken by the request instead."""
+        if self._is_lost(entry):
+            raise ModelNotReadyError(f"model '{entry.model_id}' has no running replica (being replaced); retry later")
+
+    def _is_lost(self, entry: ModelEntry) -> bool:
+        if self.replica_counts is None or entry.deployment in self.scales_to_zero:
+            return False
+        counts = self.replica_counts.cached().get(entry.deployment)
+        return bool(counts and counts.running == 0 and counts.target > 0 and entry.deployment in self.replica_counts.ever_running)
+
+    async def first_chunk(self, model_id: str, next_chunk: Awaitable[dict[str, Any]], poll_s: float = 1.0) -> dict[str, Any]:
+        """Await a request's first chunk, but give up with a 503 if the deployment loses its last
+        replica meanwhile: a request queued for a replica that cannot be placed (its node is gone)
+        would otherwise wait for the whole request timeout."""
+        entry = self.get(model_id)
+        task = asyncio.ensure_future(next_chunk)
+        try:
+            while not (await asyncio.wait({task}, timeout=poll_s))[0]:
+                if self._is_lost(entry):
+                    raise ModelNotReadyError(f"model '{model_id}' lost its replicas while the request waited; retry later")
+            return task.result()
+        finally:
+            task.cancel()
 
     async def describe_all(self) -> list[dict[str, Any]]:
         """Static config merged with live status from every deployment, queried concurrently."""
         names = sorted(self.handles)
-        results = await asyncio.gather(*(self._discover(name) for name in names))
+        counts = await self._replica_counts()
+        results = await asyncio.gather(*(self._discover(name, counts.get(name)) for name in names))
         live: dict[str, dict[str, Any]] = {}
         for name, result in zip(names, results):
             live.update(result)
-        return [self._describe(entry, live.get(entry.model_id)) for entry in self.entries.values()]
+        return [self._describe(entry, live.get(entry.model_id), counts.get(entry.deployment)) for entry in self.entries.values()]
 
     async def describe(self, model_id: str) -> dict[str, Any]:
         entry = self.get(model_id)
-        live = await self._discover(entry.deployment)
-        return self._describe(entry, live.get(model_id))
+        counts = (await self._replica_counts()).get(entry.deployment)
+        live = await self._discover(entry.deployment, counts)
+        return self._describe(entry, live.get(model_id), counts)
 
-    async def _discover(self, deployment: str) -> dict[str, dict[str, Any]]:
-        """Ask one deployment for its models' status; time out or errors become a status."""
+    async def _replica_counts(self) -> dict[str, Replicas]:
+        return await self.replica_counts.get() if self.replica_counts is not None else {}
+
+    async def _discover(self, deployment: str, counts: Replicas | None = None) -> dict[str, dict[str, Any]]:
+        """Ask one deployment for its models' status; time out or errors become a status.
+
+        A deployment scaled to zero is not asked: the call would wake it up."""
+        if counts is not None and counts.running == 0 and counts.target == 0:
+            return self._fallback(deployment, "scaled_to_zero", None)
         try:
             info = await asyncio.wait_for(self.handles[deployment].get_config.remote(), self.discovery_timeout_s)
         except asyncio.TimeoutError:
@@ -90,14 +134,14 @@ class ModelDirectory:
             found[model["model_id"]] = model
         return found
 
-    def _fallback(self, deployment: str, status: str, error: str) -> dict[str, dict[str, Any]]:
+    def _fallback(self, deployment: str, status: str, error: str | None) -> dict[str, dict[str, Any]]:
         return {
             e.model_id: {"status": status, "error": error}
             for e in self.entries.values() if e.deployment == deployment
         }
 
     @staticmethod
-    def _describe(entry: ModelEntry, live: dict[str, Any] | None) -> dict[str, Any]:
+    def _describe(entry: ModelEntry, live: dict[str, Any] | None, replicas: Replicas | None = None) -> dict[str, Any]:
         live = live or {"status": "loading", "error": None}
         return {
             "model_id": entry.model_id,
@@ -110,4 +154,14 @@ class ModelDirectory:
             "deployment_config": entry.deployment_config,
             "endpoints": list(entry.endpoints),
             **{k: live[k] for k in ("load_seconds", "stats", "replica") if k in live},
+            **({"replicas": replicas.as_dict()} if replicas is not None else {}),
         }
+
+
+def _min_replicas(entry: ModelEntry) -> int | None:
+    """The lowest replica count the entry sets (``autoscaling_config.min_replicas``), if any."""
+    auto = entry.deployment_config.get("autoscaling_config")
+    if isinstance(auto, dict):
+        return int(auto.get("min_replicas", 1))
+    replicas = entry.deployment_config.get("num_replicas")
+    return replicas if isinstance(replicas, int) else None

@@ -30,6 +30,7 @@ from serve.router.metrics import RequestRecord, RouterMetrics
 from serve.router import settings
 from serve.router.middleware import ConfiguredCORSMiddleware, RequestContextMiddleware
 from serve.router.model_directory import ModelDirectory, ModelEntry
+from serve.router.replica_counts import ReplicaCounts, current_app_name
 from serve.router.openai_routes import OpenAIRoutes, openai_router
 from serve.router.openapi import ERROR_RESPONSES, document_json_body
 from serve.router.request_body import parse_json_body
@@ -56,7 +57,8 @@ class MultiModelRouter(OpenAIRoutes):
         self.config = RouterConfig.model_validate(router_config)
         self.created = int(time.time())
         entries = [ModelEntry(**{**e, "endpoints": tuple(e.get("endpoints", ()))}) for e in model_entries]
-        self.directory = ModelDirectory(entries, handles, self.config.discovery_timeout_s)
+        counts = ReplicaCounts(current_app_name(), timeout_s=self.config.discovery_timeout_s)
+        self.directory = ModelDirectory(entries, handles, self.config.discovery_timeout_s, counts)
         settings.configure(self.config, load_api_keys(self.config.api_keys_env))
         self.metrics = RouterMetrics()
         for entry in self.directory.entries.values():
@@ -98,10 +100,10 @@ class MultiModelRouter(OpenAIRoutes):
     @router_app.get("/v1/health", response_model=HealthResponse,
                     responses={**ERROR_RESPONSES, 503: {"model": HealthResponse, "description": "Some model is not ready"}})
     async def health(self) -> JSONResponse:
-        """200 when every model is ready, 503 otherwise; per-model status in the body."""
+        """200 when every model is ready (or scaled to zero by config), 503 otherwise; per-model status in the body."""
         models = await self.directory.describe_all()
         statuses = {m["model_id"]: {"status": m["status"], "error": m["error"]} for m in models}
-        healthy = all(s["status"] == "ready" for s in statuses.values())
+        healthy = all(s["status"] in ("ready", "scaled_to_zero") for s in statuses.values())
         return JSONResponse({"status": "ok" if healthy else "degraded", "models": statuses}, status_code=200 if healthy else 503)
 
     # -- request plumbing -----------------------------------------------------------------
@@ -115,10 +117,10 @@ class MultiModelRouter(OpenAIRoutes):
             handle = self.directory.handle_for(model_id)
             if payload.get("stream"):
                 response = handle.options(stream=True).infer.remote(payload)
-                replies: Any = response
+                replies = _with_first(await self.directory.first_chunk(model_id, anext(response)), response)
             else:  # one merged reply: a single round trip instead of one per chunk
                 response = handle.infer_collected.remote(payload)
-                replies = _single(await response)
+                replies = _with_first(await self.directory.first_chunk(model_id, response), None)
             async for chunk in replies:
                 if "error" in chunk:
                     raise error_from_dict(chunk.get("status_code", 500), chunk["error"])
@@ -148,8 +150,11 @@ class MultiModelRouter(OpenAIRoutes):
             record.report(self.metrics)
 
 
-async def _single(reply: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    yield reply
+async def _with_first(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]] | None) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    if rest is not None:
+        async for chunk in rest:
+            yield chunk
 
 
 RouterIngress = serve.ingress(router_app)(MultiModelRouter)

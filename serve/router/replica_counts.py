@@ -1,0 +1,93 @@
+"""Live replica counts per deployment, read from the Serve controller for ``/v1/models``.
+
+One ``get_serve_instance_details`` call covers every deployment of the app; it is awaited (never
+blocks the router's event loop), bounded by a timeout and cached for a second or two so a burst of
+``/v1/models`` or ``/v1/infer`` calls costs at most one controller call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Replicas:
+    running: int
+    target: int
+    starting: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"running": self.running, "target": self.target, "starting": self.starting}
+
+
+class ReplicaCounts:
+    def __init__(self, app_name: str | None, ttl_s: float = 1.5, timeout_s: float = 2.0) -> None:
+        self.app_name = app_name
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._counts: dict[str, Replicas] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+        self._controller: Any = None
+        self.ever_running: set[str] = set()
+        self._refresh: asyncio.Task | None = None
+
+    async def get(self) -> dict[str, Replicas]:
+        """Counts per deployment name; empty when the controller cannot be asked (unknown)."""
+        async with self._lock:  # concurrent callers share one refresh
+            if time.monotonic() - self._fetched_at >= self.ttl_s:
+                self._counts = await self._fetch()
+                self._fetched_at = time.monotonic()
+                self.ever_running.update(name for name, c in self._counts.items() if c.running)
+            return self._counts
+
+    def cached(self) -> dict[str, Replicas]:
+        """The last counts without waiting (for the request path); refreshes in the background."""
+        if time.monotonic() - self._fetched_at >= self.ttl_s and not self._lock.locked():
+            self._refresh = asyncio.get_running_loop().create_task(self.get())
+        return self._counts
+
+    async def _fetch(self) -> dict[str, Replicas]:
+        if self.app_name is None:
+            return {}
+        try:
+            details = await asyncio.wait_for(self._controller_handle().get_serve_instance_details.remote(), self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - counts are best effort; the router keeps serving
+            logger.warning("replica counts unavailable: %s: %s", type(exc).__name__, exc)
+            self._controller = None
+            return {}
+        deployments = (details.get("applications", {}).get(self.app_name) or {}).get("deployments", {})
+        return {name: _count(d) for name, d in deployments.items()}
+
+    def _controller_handle(self) -> Any:
+        if self._controller is None:
+            import ray
+            from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+            self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return self._controller
+
+
+def _count(deployment: dict[str, Any]) -> Replicas:
+    states = [str(r.get("state")) for r in deployment.get("replicas", [])]
+    return Replicas(
+        running=sum(s.endswith("RUNNING") for s in states),
+        target=int(deployment.get("target_num_replicas", 0)),
+        starting=sum(s.endswith(("STARTING", "RECOVERING", "UPDATING")) for s in states),
+    )
+
+
+def current_app_name() -> str | None:
+    """The Serve application this replica belongs to; None outside a replica (unit tests)."""
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().app_name
+    except Exception:  # noqa: BLE001 - not running inside Serve
+        return None

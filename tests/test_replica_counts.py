@@ -1,0 +1,78 @@
+"""Unit tests of how the router uses replica counts (no Ray): scale-to-zero status, lost replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from common.errors import ModelNotReadyError
+from serve.router.model_directory import ModelDirectory, ModelEntry
+from serve.router.replica_counts import ReplicaCounts, Replicas, _count
+
+
+class FixedCounts(ReplicaCounts):
+    """Counts set by the test instead of read from the Serve controller."""
+
+    def __init__(self, counts: dict[str, Replicas]) -> None:
+        super().__init__(app_name=None)
+        self.counts = counts
+        self.ever_running = {name for name, c in counts.items() if c.running}
+
+    async def get(self) -> dict[str, Replicas]:
+        return self.counts
+
+    def cached(self) -> dict[str, Replicas]:
+        return self.counts
+
+
+class NeverCalled:
+    """A deployment handle that fails the test if the router calls it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the router called {name} on a deployment it should not wake")
+
+
+def entry(model_id: str, **deployment_config: Any) -> ModelEntry:
+    return ModelEntry(model_id, "FAKE_ECHO", f"{model_id}-d", "none", {}, deployment_config)
+
+
+def directory(counts: dict[str, Replicas], *entries: ModelEntry) -> ModelDirectory:
+    return ModelDirectory(list(entries), {e.deployment: NeverCalled() for e in entries}, 1.0, FixedCounts(counts))
+
+
+def test_scaled_to_zero_is_reported_without_calling_the_deployment() -> None:
+    zero = entry("zero", autoscaling_config={"min_replicas": 0, "max_replicas": 1})
+    [model] = asyncio.run(directory({"zero-d": Replicas(running=0, target=0)}, zero).describe_all())
+    assert model["status"] == "scaled_to_zero" and model["replicas"] == {"running": 0, "target": 0, "starting": 0}
+
+
+def test_a_deployment_that_lost_all_replicas_is_503_but_scale_to_zero_is_woken() -> None:
+    lost, zero = entry("lost"), entry("zero", autoscaling_config={"min_replicas": 0, "max_replicas": 1})
+    d = directory({"lost-d": Replicas(running=1, target=1), "zero-d": Replicas(running=1, target=1)}, lost, zero)
+    d.replica_counts.counts = {"lost-d": Replicas(running=0, target=1), "zero-d": Replicas(running=0, target=1)}
+    with pytest.raises(ModelNotReadyError):
+        d.handle_for("lost")
+    assert isinstance(d.handle_for("zero"), NeverCalled)
+
+
+def test_a_waiting_request_is_released_when_its_deployment_loses_its_replicas() -> None:
+    d = directory({"lost-d": Replicas(running=1, target=1)}, entry("lost"))
+
+    async def scenario() -> None:
+        never = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(d.first_chunk("lost", never, poll_s=0.01))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        d.replica_counts.counts = {"lost-d": Replicas(running=0, target=1)}
+        with pytest.raises(ModelNotReadyError):
+            await asyncio.wait_for(waiting, 5)
+        assert never.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_counts_from_serve_instance_details() -> None:
+    details = {"target_num_replicas": 3, "replicas": [{"state": "RUNNING"}, {"state": "STARTING"}, {"state": "STOPPING"}]}
+    assert _count(details) == Replicas(running=1, target=3, starting=1)
