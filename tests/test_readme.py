@@ -22,14 +22,17 @@ def model_blocks() -> list[tuple[int, object]]:
 def test_readme_model_yaml_passes_config_validation(index: int, block: object) -> None:
     if isinstance(block, dict) and "applications" in block:
         args = block["applications"][0]["args"]
+    elif isinstance(block, dict) and "llm_configs" in block:
+        args = block
     else:
         args = {"llm_configs": block if isinstance(block, list) else [block]}
+    args = {**args, "engine_modules": ["tests.fake_engines"]}  # the multi-node example uses FAKE_ECHO
     if any(e["model_loading_config"]["type"] == "VLLM" for e in args["llm_configs"]):
         pytest.importorskip("vllm", reason="VLLM entries are checked against the installed vLLM (make vllm-api)")
     assert load_app_config(args, default_path="unused.yaml").models
 
 
 def test_readme_has_the_gpu_examples() -> None:
-    types = [e["model_loading_config"]["type"] for _, b in model_blocks() for e in (b if isinstance(b, list) else [b])
-             if isinstance(e, dict) and "model_loading_config" in e]
+    entries = [e for _, b in model_blocks() for e in (b if isinstance(b, list) else b.get("llm_configs", [b]))]
+    types = [e["model_loading_config"]["type"] for e in entries if isinstance(e, dict) and "model_loading_config" in e]
     assert types.count("VLLM") >= 4  # single GPU, three fractional, tensor parallel
