@@ -51,21 +51,6 @@ class InferRequest(BasePydantic):
         return value
 
 
-class Usage(BasePydantic):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-class InferResponse(LenientPydantic):
-    """Non-streaming answer; engines may add fields (e.g. ``segments`` for audio)."""
-
-    model_id: str
-    text: str | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-
-
 class ErrorBody(LenientPydantic):
     type: str
     message: str
