@@ -30,9 +30,6 @@ from servers.registry import get_engine_class
 
 logger = logging.getLogger(__name__)
 
-ROUTER_DEPLOYMENT_NAME = "MultiModelRouter"
-
-
 def build_app(args: AppArgs) -> Application:
     """Ray Serve application builder (``args`` from ``key=value`` CLI pairs or a config's ``args:``)."""
     try:
@@ -52,19 +49,22 @@ def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:
 def build_application(loaded: LoadedConfig) -> Application:
     groups: dict[str, list[MultiModelConfig]] = defaultdict(list)
     for entry in loaded.models:
-        groups[entry.deployment_name()].append(entry)
+        if not entry.in_router:
+            groups[entry.deployment_name()].append(entry)
     handles = {name: _bind_model_deployment(name, entries, loaded.engine_modules) for name, entries in groups.items()}
     router = loaded.router
     ingress = serve.deployment(
         RouterIngress,
-        name=ROUTER_DEPLOYMENT_NAME,
+        name=constants.ROUTER_DEPLOYMENT_NAME,
         num_replicas=router.num_replicas,
         max_ongoing_requests=router.max_ongoing_requests,
         ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
         graceful_shutdown_timeout_s=router.request_timeout_s,
     )
     index, router_config = [_index_entry(m) for m in loaded.models], router.model_dump()
-    return _versioned(ingress, index, router_config, loaded.engine_modules).bind(handles, index, router_config)
+    in_router = [m.model_dump() for m in loaded.models if m.in_router]
+    init_args = (handles, index, router_config, in_router, loaded.engine_modules)
+    return _versioned(ingress, *init_args[1:]).bind(*init_args)
 
 
 def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:

@@ -34,6 +34,9 @@ DEFAULT_TEMPERATURE = _env_float("DEFAULT_TEMPERATURE", 0.7)
 # Env var with comma-separated API keys; when set, every path but router_config.open_paths needs one.
 API_KEYS_ENV = "MODELHOST_API_KEYS"
 
+# The ingress deployment's name; ``in_router`` models live in its replicas.
+ROUTER_DEPLOYMENT_NAME = "MultiModelRouter"
+
 # Router replica resources: it only forwards requests, so it asks for a sliver of a CPU.
 ROUTER_NUM_CPUS = _env_float("ROUTER_NUM_CPUS", 0.1)
 ROUTER_MAX_ONGOING_REQUESTS = _env_int("ROUTER_MAX_ONGOING_REQUESTS", 1024)

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from common import constants
 from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig, RouterConfig
 from servers.registry import get_engine_class, import_engine_modules, known_engine_types
 
@@ -106,6 +107,7 @@ def _validate_entry(index: int, raw: Any, problems: list[str]) -> MultiModelConf
     before = len(problems)
     problems += [f"{label}: {msg}" for msg in _check_engine(entry)]
     problems += [f"{label}: {msg}" for msg in check_deployment_options(entry.deployment_config)]
+    problems += [f"{label}: {msg}" for msg in _check_placement(entry)]
     return entry if len(problems) == before else None
 
 
@@ -122,6 +124,18 @@ def _check_engine(entry: MultiModelConfig) -> list[str]:
         engine_cls.config_model.model_validate(entry.engine_kwargs)
     except ValidationError as exc:
         return format_validation_error(exc, engine_cls.config_model, prefix="engine_kwargs")
+    return []
+
+
+def _check_placement(entry: MultiModelConfig) -> list[str]:
+    """``in_router`` models take their replicas and resources from ``router_config``; and no
+    deployment may take the router's name."""
+    if entry.in_router and entry.deployment_config:
+        return ["deployment_config: not used with in_router: true (the engine runs in the router's replicas; "
+                "size them with router_config.num_cpus / num_replicas)"]
+    if not entry.in_router and entry.deployment_name() == constants.ROUTER_DEPLOYMENT_NAME:
+        return [f"deployment_config.name: '{constants.ROUTER_DEPLOYMENT_NAME}' is the router's deployment; "
+                "use in_router: true to host a model there"]
     return []
 
 

@@ -47,6 +47,11 @@ class MultiModelConfig(BasePydantic):
     deployment_config: dict[str, Any] = Field(default_factory=dict)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     request_timeout_s: float | None = Field(default=None, gt=0, description="Overrides router_config.request_timeout_s.")
+    in_router: bool = Field(
+        default=False,
+        description="Host the engine inside the router's replicas: no Ray hop per request. For light CPU "
+        "models; replicas and CPUs come from router_config, so no deployment_config.",
+    )
 
     @property
     def model_id(self) -> str:
@@ -58,6 +63,8 @@ class MultiModelConfig(BasePydantic):
 
     def deployment_name(self) -> str:
         """Entries naming the same deployment share one; otherwise each gets its own."""
+        if self.in_router:
+            return constants.ROUTER_DEPLOYMENT_NAME
         name = self.deployment_config.get("name")
         if name:
             return str(name)

@@ -68,6 +68,8 @@ def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
                 "deployment_config": {"name": "echo-shared"},
             },
             {**echo("echo-solo", "echo-solo"), "request_timeout_s": 2.0},
+            {"model_loading_config": {"model_id": "echo-in-router", "model_source": "none", "type": "FAKE_ECHO"},
+             "in_router": True, "request_timeout_s": 2.0},
             echo("slow-start", "slow-start", start_delay_s=3600),
             {**echo("echo-tight", "echo-tight"), "deployment_config": {
                 "name": "echo-tight", "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 1, "max_queued_requests": 1}},

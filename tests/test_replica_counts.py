@@ -53,8 +53,8 @@ def test_a_deployment_that_lost_all_replicas_is_503_but_scale_to_zero_is_woken()
     d = directory({"lost-d": Replicas(running=1, target=1), "zero-d": Replicas(running=1, target=1)}, lost, zero)
     d.replica_counts.counts = {"lost-d": Replicas(running=0, target=1), "zero-d": Replicas(running=0, target=1)}
     with pytest.raises(ModelNotReadyError):
-        d.handle_for("lost")
-    assert isinstance(d.handle_for("zero"), NeverCalled)
+        d.backend_for("lost")
+    assert isinstance(d.backend_for("zero"), NeverCalled)
 
 
 def test_a_waiting_request_is_released_when_its_deployment_loses_its_replicas() -> None:

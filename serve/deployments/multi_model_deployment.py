@@ -33,6 +33,13 @@ class MultiModelDeployment:
         # Load in the background: the replica answers get_config (status "loading") meanwhile.
         self._start_task = asyncio.create_task(self._server.start())
 
+    @classmethod
+    async def in_process(cls, llm_configs: list[dict[str, Any]], engine_modules: list[str] | None = None) -> "MultiModelDeployment":
+        """The same replica logic hosted by another replica (the router's ``in_router`` models)."""
+        host = cls.__new__(cls)
+        await host.__init__(llm_configs, engine_modules)  # type: ignore[misc]
+        return host
+
     async def _ensure_started(self) -> None:
         await asyncio.shield(self._start_task)
 

@@ -15,6 +15,7 @@ from typing import Any, Awaitable
 from ray.exceptions import RayActorError
 
 from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
+from serve.router.backends import ModelBackend
 from serve.router.replica_counts import ReplicaCounts, Replicas
 
 logger = logging.getLogger(__name__)
@@ -34,11 +35,11 @@ class ModelEntry:
 
 class ModelDirectory:
     def __init__(
-        self, entries: list[ModelEntry], handles: dict[str, Any], discovery_timeout_s: float,
+        self, entries: list[ModelEntry], backends: dict[str, ModelBackend], discovery_timeout_s: float,
         replica_counts: ReplicaCounts | None = None,
     ) -> None:
         self.entries = {e.model_id: e for e in entries}
-        self.handles = handles
+        self.backends = backends
         self.discovery_timeout_s = discovery_timeout_s
         self.replica_counts = replica_counts
         self.scales_to_zero = {e.deployment for e in entries if _min_replicas(e) == 0}
@@ -62,10 +63,10 @@ class ModelDirectory:
             )
         return entry
 
-    def handle_for(self, model_id: str) -> Any:
+    def backend_for(self, model_id: str) -> ModelBackend:
         entry = self.get(model_id)
         self._check_not_lost(entry)
-        return self.handles[entry.deployment]
+        return self.backends[entry.deployment]
 
     def _check_not_lost(self, entry: ModelEntry) -> None:
         """503 at once for a deployment that had replicas and lost them all (node gone, crash) and
@@ -96,7 +97,7 @@ class ModelDirectory:
 
     async def describe_all(self) -> list[dict[str, Any]]:
         """Static config merged with live status from every deployment, queried concurrently."""
-        names = sorted(self.handles)
+        names = sorted(self.backends)
         counts = await self._replica_counts()
         results = await asyncio.gather(*(self._discover(name, counts.get(name)) for name in names))
         live: dict[str, dict[str, Any]] = {}
@@ -120,7 +121,7 @@ class ModelDirectory:
         if counts is not None and counts.running == 0 and counts.target == 0:
             return self._fallback(deployment, "scaled_to_zero", None)
         try:
-            info = await asyncio.wait_for(self.handles[deployment].get_config.remote(), self.discovery_timeout_s)
+            info = await asyncio.wait_for(self.backends[deployment].get_config(), self.discovery_timeout_s)
         except asyncio.TimeoutError:
             return self._fallback(deployment, "loading", "deployment is starting or has no running replica yet")
         except RayActorError as exc:  # a replica died; Ray Serve is replacing it

@@ -20,10 +20,13 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from common import endpoints
+from common.constants import ROUTER_DEPLOYMENT_NAME
 from common.errors import ModelNotReadyError, OverloadedError, ServingError, error_from_dict
 from common.logs import use_serve_log_handlers
 from configs.infer_models import HealthResponse, InferRequest
 from configs.server_models import RouterConfig
+from serve.deployments.multi_model_deployment import MultiModelDeployment
+from serve.router.backends import InProcessBackend, ModelBackend, RemoteBackend
 from serve.router.http_errors import install_error_handlers
 from serve.router.auth import ApiKeyMiddleware, load_api_keys
 from serve.router.metrics import RequestRecord, RouterMetrics
@@ -52,13 +55,21 @@ router_app.include_router(openai_router)
 
 
 class MultiModelRouter(OpenAIRoutes):
-    def __init__(self, handles: dict[str, Any], model_entries: list[dict[str, Any]], router_config: dict[str, Any]) -> None:
+    async def __init__(
+        self, handles: dict[str, Any], model_entries: list[dict[str, Any]], router_config: dict[str, Any],
+        in_router_configs: list[dict[str, Any]] | None = None, engine_modules: list[str] | None = None,
+    ) -> None:
         use_serve_log_handlers()
         self.config = RouterConfig.model_validate(router_config)
         self.created = int(time.time())
         entries = [ModelEntry(**{**e, "endpoints": tuple(e.get("endpoints", ()))}) for e in model_entries]
+        backends: dict[str, ModelBackend] = {name: RemoteBackend(handle) for name, handle in handles.items()}
+        # in_router models: their engines load in the background here, like in a model deployment.
+        self.in_router = await MultiModelDeployment.in_process(in_router_configs, engine_modules) if in_router_configs else None
+        if self.in_router is not None:
+            backends[ROUTER_DEPLOYMENT_NAME] = InProcessBackend(self.in_router)
         counts = ReplicaCounts(current_app_name(), timeout_s=self.config.discovery_timeout_s)
-        self.directory = ModelDirectory(entries, handles, self.config.discovery_timeout_s, counts)
+        self.directory = ModelDirectory(entries, backends, self.config.discovery_timeout_s, counts)
         settings.configure(self.config, load_api_keys(self.config.api_keys_env))
         self.metrics = RouterMetrics()
         for entry in self.directory.entries.values():
@@ -106,6 +117,15 @@ class MultiModelRouter(OpenAIRoutes):
         healthy = all(s["status"] in ("ready", "scaled_to_zero") for s in statuses.values())
         return JSONResponse({"status": "ok" if healthy else "degraded", "models": statuses}, status_code=200 if healthy else 503)
 
+    async def check_health(self) -> None:
+        """Ray Serve's health check: a dead in_router engine makes the router replica replaced."""
+        if self.in_router is not None:
+            await self.in_router.check_health()
+
+    async def __del__(self) -> None:
+        if self.in_router is not None:
+            await self.in_router.__del__()
+
     # -- request plumbing -----------------------------------------------------------------
     async def _stream(self, payload: dict[str, Any], endpoint: str) -> AsyncIterator[dict[str, Any]]:
         """Chunks from the model's deployment. Error chunks and Ray's failures become ``ServingError``s;
@@ -114,12 +134,12 @@ class MultiModelRouter(OpenAIRoutes):
         record = RequestRecord(payload["request_id"], model_id, endpoint)
         response = None
         try:
-            handle = self.directory.handle_for(model_id)
+            backend = self.directory.backend_for(model_id)
             if payload.get("stream"):
-                response = handle.options(stream=True).infer.remote(payload)
+                response = backend.stream(payload)
                 replies = _with_first(await self.directory.first_chunk(model_id, anext(response)), response)
             else:  # one merged reply: a single round trip instead of one per chunk
-                response = handle.infer_collected.remote(payload)
+                response = backend.collect(payload)
                 replies = _with_first(await self.directory.first_chunk(model_id, response), None)
             async for chunk in replies:
                 if "error" in chunk:
