@@ -25,6 +25,7 @@ from common import constants, endpoints
 from configs.loader import ConfigError, load_app_config
 from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig
 from serve.deployments.multi_model_deployment import MultiModelDeployment
+from serve.fast_ingress import enable_for_serve_run as enable_fast_ingress_for_serve_run
 from serve.router.router import RouterIngress
 from servers.registry import get_engine_class
 
@@ -38,6 +39,11 @@ def build_app(args: AppArgs) -> Application:
         Console(stderr=True).print(f"[bold red]{err}[/bold red]", highlight=False)
         raise
     print_configs(loaded.models)
+    if enable_fast_ingress_for_serve_run():
+        Console(stderr=True).print(
+            "Fast ingress: HAProxy -> router replicas directly (MODELHOST_FAST_INGRESS=0 for Ray's default proxy)",
+            highlight=False,
+        )
     return build_application(loaded)
 
 
@@ -60,6 +66,9 @@ def build_application(loaded: LoadedConfig) -> Application:
         max_ongoing_requests=router.max_ongoing_requests,
         ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
         graceful_shutdown_timeout_s=router.request_timeout_s,
+        # The router logs one line per request itself (serve/router/metrics.py); Ray's access log
+        # line would repeat it at a measurable cost per request.
+        logging_config={"enable_access_log": False},
     )
     index, router_config = [_index_entry(m) for m in loaded.models], router.model_dump()
     in_router = [m.model_dump() for m in loaded.models if m.in_router]
