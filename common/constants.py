@@ -37,6 +37,10 @@ API_KEYS_ENV = "MODELHOST_API_KEYS"
 # The ingress deployment's name; ``in_router`` models live in its replicas.
 ROUTER_DEPLOYMENT_NAME = "MultiModelRouter"
 
+# Streams cross the router -> model deployment hop in batches of chunks, at least this many
+# seconds apart (the first chunk goes at once): one Ray message per token costs CPU the model needs.
+STREAM_COALESCE_S = _env_float("STREAM_COALESCE_S", 0.02)
+
 # Router replica resources: it only forwards requests, so it asks for a sliver of a CPU.
 ROUTER_NUM_CPUS = _env_float("ROUTER_NUM_CPUS", 0.1)
 ROUTER_MAX_ONGOING_REQUESTS = _env_int("ROUTER_MAX_ONGOING_REQUESTS", 1024)

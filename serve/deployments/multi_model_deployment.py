@@ -12,11 +12,13 @@ import logging
 import os
 from typing import Any, AsyncIterator
 
+from common import constants
 from common.accelerator import configure_visible_devices
 from common.logs import use_serve_log_handlers
 from common.chunks import ChunkMerger
 from common.errors import ServingError
 from configs.server_models import MultiModelConfig
+from serve.deployments.coalesce import coalesce
 from serve.deployments.multi_model_server import MultiModelServer
 from servers.registry import import_engine_modules
 
@@ -62,6 +64,12 @@ class MultiModelDeployment:
                     yield chunk
         except Exception as exc:  # noqa: BLE001 - turned into an error chunk for the client
             yield self._error_chunk(exc, request)
+
+    async def infer_batches(self, request: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+        """``infer`` for callers across the Ray hop: lists of chunks, one message per batch."""
+        async with contextlib.aclosing(coalesce(self.infer(request), constants.STREAM_COALESCE_S)) as batches:
+            async for batch in batches:
+                yield batch
 
     async def infer_collected(self, request: dict[str, Any]) -> dict[str, Any]:
         """Non-streaming requests: the merged answer in one reply, saving a round trip per chunk."""

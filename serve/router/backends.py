@@ -11,6 +11,7 @@ Both return the same shapes the router consumes: ``stream`` an async iterator of
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from typing import Any, AsyncIterator, Awaitable, Protocol
 
@@ -31,8 +32,8 @@ class RemoteBackend:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    def stream(self, payload: Chunk) -> Any:
-        return self.handle.options(stream=True).infer.remote(payload)
+    def stream(self, payload: Chunk) -> "_Unbatched":
+        return _Unbatched(self.handle.options(stream=True).infer_batches.remote(payload))
 
     def collect(self, payload: Chunk) -> Any:
         return self.handle.infer_collected.remote(payload)
@@ -53,6 +54,25 @@ class InProcessBackend:
 
     def get_config(self) -> Awaitable[dict[str, Any]]:
         return self.host.get_config()
+
+
+class _Unbatched:
+    """The chunks of a deployment's ``infer_batches`` stream one at a time; ``cancel()`` stops it."""
+
+    def __init__(self, batches: Any) -> None:
+        self._batches = batches
+        self._buffer: collections.deque[Chunk] = collections.deque()
+
+    def __aiter__(self) -> "_Unbatched":
+        return self
+
+    async def __anext__(self) -> Chunk:
+        while not self._buffer:
+            self._buffer.extend(await self._batches.__anext__())
+        return self._buffer.popleft()
+
+    def cancel(self) -> None:
+        self._batches.cancel()
 
 
 class _LocalStream:

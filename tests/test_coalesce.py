@@ -1,0 +1,66 @@
+"""Batching a stream across the Ray hop: nothing lost or reordered, first chunk alone, errors and
+cancellation reach the engine's generator."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import pytest
+
+from serve.deployments.coalesce import coalesce
+
+
+async def produce(n: int, delay_s: float = 0.0, fail_at: int | None = None, closed: list | None = None) -> AsyncIterator[int]:
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError("engine failed")
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            yield i
+    finally:
+        if closed is not None:
+            closed.append(True)
+
+
+def batches_of(chunks: AsyncIterator[int], interval: float) -> list[list[int]]:
+    async def run() -> list[list[int]]:
+        return [batch async for batch in coalesce(chunks, interval)]
+    return asyncio.run(run())
+
+
+def test_chunks_arrive_in_order_first_one_alone_then_in_batches() -> None:
+    batches = batches_of(produce(50, delay_s=0.002), interval=0.03)
+    assert [c for b in batches for c in b] == list(range(50))
+    assert batches[0] == [0]
+    assert len(batches) < 50  # chunks produced while the sender waited travel together
+
+
+def test_without_interval_every_chunk_is_still_delivered() -> None:
+    assert [c for b in batches_of(produce(20), interval=0) for c in b] == list(range(20))
+
+
+def test_an_engine_error_comes_after_the_chunks_before_it() -> None:
+    seen: list[int] = []
+
+    async def run() -> None:
+        async for batch in coalesce(produce(10, fail_at=4), 0):
+            seen.extend(batch)
+
+    with pytest.raises(ValueError, match="engine failed"):
+        asyncio.run(run())
+    assert seen == [0, 1, 2, 3]
+
+
+def test_closing_the_stream_closes_the_engine_generator() -> None:
+    closed: list[bool] = []
+
+    async def run() -> None:
+        stream = coalesce(produce(1000, delay_s=0.01, closed=closed), 0)
+        await anext(stream)
+        await stream.aclose()
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert closed == [True]
