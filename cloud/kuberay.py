@@ -84,7 +84,8 @@ def replica_demands(loaded: Any) -> tuple[list[Demand], list[Demand]]:
 
     groups: dict[str, list[Any]] = defaultdict(list)
     for entry in loaded.models:
-        groups[entry.deployment_name()].append(entry)
+        if not entry.in_router:  # in_router engines live in the router's replicas, counted below
+            groups[entry.deployment_name()].append(entry)
     at_min: list[Demand] = []
     at_max: list[Demand] = []
     for entries in groups.values():
@@ -132,7 +133,8 @@ def worker_groups(loaded: Any) -> list[WorkerGroup]:
     return groups
 
 
-def container(image: str, pod: dict[str, float], ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def container(image: str, pod: dict[str, float], ports: list[dict[str, Any]] | None = None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
     cpus, gpus = int(pod.get("CPU", 1)), int(pod.get("GPU", 0))
     memory = f"{max(8, 4 * cpus, 16 * gpus)}Gi"
     limits: dict[str, str] = {"cpu": str(cpus), "memory": memory}
@@ -145,6 +147,8 @@ def container(image: str, pod: dict[str, float], ports: list[dict[str, Any]] | N
     }
     if ports:
         spec["ports"] = ports
+    if env:
+        spec["env"] = [{"name": k, "value": v} for k, v in env.items()]
     return spec
 
 
@@ -158,24 +162,24 @@ def ray_start_params(pod: dict[str, float]) -> dict[str, str]:
     return params
 
 
-def head_group(image: str) -> dict[str, Any]:
+def head_group(image: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """The head schedules no replicas (``num-cpus: 0``): GCS, dashboard, Serve controller and a proxy."""
     ports = [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
              {"containerPort": 10001, "name": "client"}, {"containerPort": SERVE_PORT, "name": "serve"}]
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-        "template": {"spec": {"containers": [container(image, {"CPU": 2}, ports)]}},
+        "template": {"spec": {"containers": [container(image, {"CPU": 2}, ports, env)]}},
     }
 
 
-def worker_group_spec(group: WorkerGroup, image: str) -> dict[str, Any]:
+def worker_group_spec(group: WorkerGroup, image: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "groupName": group.name,
         "replicas": group.min_pods,
         "minReplicas": group.min_pods,
         "maxReplicas": group.max_pods,
         "rayStartParams": ray_start_params(group.pod),
-        "template": {"spec": {"containers": [container(image, group.pod)]}},
+        "template": {"spec": {"containers": [container(image, group.pod, env=env)]}},
     }
 
 
@@ -189,9 +193,13 @@ def serve_config(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_rayservice(config_path: str | Path, image: str = DEFAULT_IMAGE, name: str = "modelhost",
-                     gpu_image: str | None = None) -> dict[str, Any]:
-    """Validate ``config_path`` with our loader (raises ``ConfigError``) and return the manifest."""
+                     gpu_image: str | None = None, fast_ingress: bool = False) -> dict[str, Any]:
+    """Validate ``config_path`` with our loader (raises ``ConfigError``) and return the manifest.
+
+    ``fast_ingress`` sets Ray Serve's HAProxy/direct-ingress flags (``serve/fast_ingress.py``) on every pod."""
     import ray
+
+    from serve.fast_ingress import FAST_INGRESS_ENV
 
     from configs.loader import load_app_config, read_yaml
 
@@ -199,11 +207,12 @@ def build_rayservice(config_path: str | Path, image: str = DEFAULT_IMAGE, name: 
         raise ValueError(f"--name {name!r}: must be a DNS label (lowercase letters, digits and '-')")
     loaded = load_app_config({"config_path": str(config_path)}, default_path=str(config_path))
     groups = worker_groups(loaded)
+    env = dict(FAST_INGRESS_ENV) if fast_ingress else None
     cluster: dict[str, Any] = {
         "rayVersion": ray.__version__,
         "enableInTreeAutoscaling": any(g.min_pods != g.max_pods for g in groups),
-        "headGroupSpec": head_group(image),
-        "workerGroupSpecs": [worker_group_spec(g, gpu_image or image if g.pod.get("GPU") else image) for g in groups],
+        "headGroupSpec": head_group(image, env),
+        "workerGroupSpecs": [worker_group_spec(g, gpu_image or image if g.pod.get("GPU") else image, env) for g in groups],
     }
     return {
         "apiVersion": "ray.io/v1",
@@ -228,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     rs.add_argument("--image", default=DEFAULT_IMAGE, help="image with Ray and this project installed")
     rs.add_argument("--gpu-image", default=None, help="image for GPU workers (default: --image)")
     rs.add_argument("--name", default="modelhost", help="metadata.name of the RayService")
+    rs.add_argument("--fast-ingress", action="store_true", help="HAProxy + direct ingress on every pod (see README)")
     args = parser.parse_args(argv)
     try:
-        manifest = build_rayservice(args.config, image=args.image, name=args.name, gpu_image=args.gpu_image)
+        manifest = build_rayservice(args.config, image=args.image, name=args.name, gpu_image=args.gpu_image,
+                                    fast_ingress=args.fast_ingress)
     except (ConfigError, ValueError) as err:
         Console(stderr=True).print(f"[bold red]{err}[/bold red]", highlight=False)
         return 1

@@ -171,3 +171,20 @@ def test_cli_prints_the_manifest_and_reports_errors(tmp_path: Path, capsys: pyte
     assert out.out == "" and "file not found" in out.err
     assert cloud_utils.main(["rayservice", str(path), "--name", "Not_A_Label"]) == 1
     assert "DNS label" in capsys.readouterr().err
+
+
+def test_fast_ingress_flags_reach_every_pod_and_in_router_models_need_no_replica(tmp_path: Path, validator: Any) -> None:
+    in_router = {"model_loading_config": {"model_id": "light", "model_source": "none", "type": "FAKE_ECHO"}, "in_router": True}
+    path = write_config(tmp_path, [echo("a", ray_actor_options={"num_cpus": 0.5}), in_router])
+    manifest = build_rayservice(path, image=IMAGE, fast_ingress=True)
+    validator.validate(manifest)
+    cluster = manifest["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e["value"] for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    without = build_rayservice(write_config(tmp_path, [echo("a", ray_actor_options={"num_cpus": 0.5})]), image=IMAGE)
+    sizing = lambda m: [(g["groupName"], g["minReplicas"], g["maxReplicas"], g["rayStartParams"])  # noqa: E731
+                        for g in m["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
+    assert sizing(manifest) == sizing(without)  # the in_router model needs no replica of its own
+    assert "env" not in without["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
