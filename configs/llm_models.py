@@ -65,7 +65,7 @@ class TransformersEngineConfig(BasePydantic):
     num_threads: int | None = Field(
         default=None, ge=1, le=1024, description="torch intra-op threads; default = CPUs the machine has."
     )
-    max_batch_size: int = Field(default=8, ge=1, le=256, description="Sequences decoded together per step.")
+    max_batch_size: int = Field(default=16, ge=1, le=256, description="Sequences decoded together per step.")
     max_model_len: int | None = Field(default=None, ge=16, description="Context cap (prompt + output tokens).")
     use_chat_template: bool = Field(default=True, description="Wrap a string input as a user turn when the model has a chat template.")
     trust_remote_code: bool = False

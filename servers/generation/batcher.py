@@ -106,8 +106,8 @@ class ContinuousBatcher:
                 admitted = self._wait_for_work()
                 if admitted is None:
                     return
-                for job in admitted:
-                    self._guarded(self._prefill, job)
+                if admitted:
+                    self._guarded(self._prefill, admitted)
                 if self._rows:
                     self._guarded(self._decode_step, None)
 
@@ -126,25 +126,34 @@ class ContinuousBatcher:
                     admitted.append(job)
             return admitted
 
-    def _guarded(self, step: Callable[[Any], None], job: GenerationJob | None) -> None:
+    def _guarded(self, step: Callable[[Any], None], jobs: list[GenerationJob] | None) -> None:
         """A failing forward pass fails the requests it touched, never the worker thread."""
         try:
-            step(job)
+            step(jobs)
         except Exception as exc:  # noqa: BLE001 - reported to every affected request
             logger.exception("generation step failed")
-            victims = [job] if job is not None else [r.job for r in self._rows]
+            victims = jobs if jobs is not None else [r.job for r in self._rows]
             for victim in victims:
                 victim.emit(TokenEvent("", victim.generated, "error", exc))
-            if job is None:
+            if jobs is None:
                 self._rows, self._cache, self._mask = [], None, None
 
-    def _prefill(self, job: GenerationJob) -> None:
-        ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self._device)
-        out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        row = _Row(job=job, next_token=-1, length=len(job.prompt_ids))
-        if self._advance(row, out.logits[0, -1]):
-            self._merge(out.past_key_values, len(job.prompt_ids))
-            self._rows.append(row)
+    def _prefill(self, jobs: list[GenerationJob]) -> None:
+        """One forward pass for every admitted prompt, left-padded to the longest."""
+        longest = max(len(job.prompt_ids) for job in jobs)
+        ids = torch.zeros(len(jobs), longest, dtype=torch.long, device=self._device)
+        mask = torch.zeros(len(jobs), longest, dtype=torch.long, device=self._device)
+        for i, job in enumerate(jobs):
+            n = len(job.prompt_ids)
+            ids[i, longest - n:] = torch.tensor(job.prompt_ids, dtype=torch.long)
+            mask[i, longest - n:] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        rows = [_Row(job=job, next_token=-1, length=len(job.prompt_ids)) for job in jobs]
+        keep = [i for i, row in enumerate(rows) if self._advance(row, out.logits[i, -1])]
+        if keep:
+            self._merge(out.past_key_values, mask, keep)
+            self._rows.extend(rows[i] for i in keep)
 
     def _decode_step(self, _: None) -> None:
         self._drop([i for i, r in enumerate(self._rows) if r.job.cancelled])
@@ -202,13 +211,18 @@ class ContinuousBatcher:
         return False
 
     # -- KV cache bookkeeping ----------------------------------------------------------------
-    def _merge(self, new_cache: Any, new_len: int) -> None:
-        """Stack a freshly prefilled sequence onto the running batch, left-padding the shorter side."""
-        new_mask = torch.ones(1, new_len, dtype=torch.long, device=self._device)
+    def _merge(self, new_cache: Any, new_mask: torch.Tensor, keep: list[int]) -> None:
+        """Stack freshly prefilled sequences (rows ``keep`` of the new cache) onto the running batch,
+        left-padding the shorter side."""
+        if len(keep) < new_mask.shape[0]:
+            index = torch.tensor(keep, dtype=torch.long, device=self._device)
+            new_mask = new_mask.index_select(0, index)
+            for layer in new_cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
         if not self._rows:
             self._cache, self._mask = new_cache, new_mask
             return
-        cur_len = self._mask.shape[1]
+        cur_len, new_len = self._mask.shape[1], new_mask.shape[1]
         target = max(cur_len, new_len)
         for old, new in zip(self._cache.layers, new_cache.layers):
             old.keys = torch.cat([_left_pad(old.keys, target - cur_len), _left_pad(new.keys, target - new_len)])
