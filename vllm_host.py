@@ -77,8 +77,12 @@ def build_application(loaded: LoadedConfig) -> Application:
 
 
 def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
-    """The Serve options of one deployment: entries sharing it set them on one entry only."""
-    options: dict[str, Any] = {}
+    """The Serve options of one deployment: entries sharing it set them on one entry only.
+
+    ``max_ongoing_requests`` defaults to ours, not Ray's 5: engines queue and batch requests
+    themselves, and at Ray's cap a batching LLM would see at most 5 requests while the router's
+    handle polls saturated replicas with back-off (measured in ``bench/README.md``)."""
+    options: dict[str, Any] = {"max_ongoing_requests": constants.MODEL_MAX_ONGOING_REQUESTS}
     for entry in entries:  # the loader guarantees sharing entries agree
         options.update({k: v for k, v in entry.deployment_config.items() if k != "name"})
     return options

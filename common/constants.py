@@ -37,6 +37,9 @@ API_KEYS_ENV = "MODELHOST_API_KEYS"
 # The ingress deployment's name; ``in_router`` models live in its replicas.
 ROUTER_DEPLOYMENT_NAME = "MultiModelRouter"
 
+# A model deployment's max_ongoing_requests when its deployment_config sets none (Ray's default is 5).
+MODEL_MAX_ONGOING_REQUESTS = _env_int("MODEL_MAX_ONGOING_REQUESTS", 64)
+
 # Streams cross the router -> model deployment hop in batches of chunks, at least this many
 # seconds apart (the first chunk goes at once): one Ray message per token costs CPU the model needs.
 STREAM_COALESCE_S = _env_float("STREAM_COALESCE_S", 0.02)

@@ -163,3 +163,4 @@ def test_build_app_groups_entries_by_deployment_name() -> None:
     assert sorted(handles) == ["shared", "solo"]
     assert [e["deployment"] for e in index] == ["shared", "shared", "solo"]
     assert handles["shared"]._bound_deployment.ray_actor_options["num_cpus"] == 0.1
+    assert handles["shared"]._bound_deployment.max_ongoing_requests == 64  # ours, not Ray's 5
