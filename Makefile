@@ -44,8 +44,9 @@ stop:
 test: models vllm-api
 	$(PY) -m pytest
 
+# BENCH_ARGS, e.g. make bench BENCH_ARGS="--sections overhead --repeats 5" (see python -m bench --help)
 bench: models
-	$(PY) bench/overhead.py
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) models

@@ -1,41 +1,45 @@
-"""Baseline: the same fake echo engine behind a plain single-process FastAPI app (no Ray)."""
+"""Baseline: the fake echo engine behind a plain single-process FastAPI app (no Ray).
+
+Run: ``python -m bench.plain_app --port 8001`` (``bench`` starts it for the overhead section).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from typing import Any, AsyncIterator
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from bench.echo import echo_answer, echo_chunks, echo_engine, echo_request
 from common.sse import SSE_DONE, sse_event
-from configs.server_models import MultiModelConfig
-from servers.base_engine import EngineRequest
-from tests.fake_engines import FakeEchoEngine, FakeEchoKwargs, FakeEchoParams
 
 app = FastAPI()
-engine = FakeEchoEngine(
-    MultiModelConfig.model_validate({"model_loading_config": {"model_id": "echo", "model_source": "none", "type": "FAKE_ECHO"}}),
-    FakeEchoKwargs(),
-)
+engine = echo_engine()
+
+
+@app.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
 
 
 @app.post("/v1/infer")
 async def infer(request: Request) -> Any:
-    body = json.loads(await request.body())
-    req = EngineRequest("r", body["model_id"], body["input"], FakeEchoParams(**body.get("params", {})), body.get("stream", False))
-    if req.stream:
-        async def events() -> AsyncIterator[bytes]:
-            async for chunk in engine.infer(req):
-                yield sse_event({"model_id": req.model_id, **chunk})
-            yield SSE_DONE
+    req = echo_request(json.loads(await request.body()))
+    if not req.stream:
+        return JSONResponse(await echo_answer(engine, req))
 
-        return StreamingResponse(events(), media_type="text/event-stream")
-    text = "".join([c["text"] async for c in engine.infer(req)])
-    return JSONResponse({"text": text, "model_id": req.model_id, "finish_reason": "stop"})
+    async def events() -> AsyncIterator[bytes]:
+        async for chunk in echo_chunks(engine, req):
+            yield sse_event(chunk)
+        yield SSE_DONE
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    uvicorn.run(app, host="127.0.0.1", port=parser.parse_args().port, log_level="warning", access_log=False)

@@ -1,0 +1,73 @@
+"""CPU time each process of a server spends per request: which process (which hop) costs what.
+
+Read from ``/proc/<pid>/stat`` before and after a load run, for every process of the server's
+process tree (Ray's daemons, proxy, HAProxy, replicas) and for this process (the load generator).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from bench.processes import own_processes
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+
+def process_label(pid: int) -> str:
+    """``ray::ServeReplica:default:MultiModelRouter`` -> ``replica MultiModelRouter``; else the program name."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    first = argv[0].decode(errors="replace").strip()
+    if first.startswith("ray::ServeReplica:"):
+        return "replica " + first.split(":")[-1].split(".")[0].strip()
+    if first.startswith("ray::"):
+        return re.sub(r"\..*$", "", first[len("ray::"):]).strip()
+    args = [a.decode(errors="replace") for a in argv if a]
+    if "-m" in args[:3]:
+        return args[args.index("-m") + 1]
+    if "-c" in args[:4]:
+        return "python -c (a worker process)"
+    scripts = [a for a in args[1:4] if a.endswith(".py")]
+    if scripts:
+        return Path(scripts[0]).name
+    return Path(args[1] if len(args) > 1 and Path(args[0]).name.startswith("python") else first).name
+
+
+class CpuMeter:
+    """``with CpuMeter(root_pid) as meter: <load>``; then ``meter.per_request_ms(n)``."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self.before: dict[int, float] = {}
+        self.after: dict[int, float] = {}
+
+    def _snapshot(self) -> dict[int, float]:
+        pids = [*own_processes(self.root_pid), self.root_pid, os.getpid()]
+        return {pid: cpu for pid in pids if (cpu := _cpu_seconds(pid)) is not None}
+
+    def __enter__(self) -> CpuMeter:
+        self.before = self._snapshot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.after = self._snapshot()
+
+    def per_request_ms(self, requests: int, floor_ms: float = 0.005) -> dict[str, float]:
+        """CPU ms per request by process label (processes under ``floor_ms`` left out)."""
+        out: dict[str, float] = {}
+        for pid, cpu in self.after.items():
+            label = "load generator" if pid == os.getpid() else process_label(pid)
+            out[label] = out.get(label, 0.0) + (cpu - self.before.get(pid, cpu)) * 1000 / requests
+        return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= floor_ms}

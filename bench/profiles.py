@@ -1,0 +1,72 @@
+"""Profiles: named ways to start the platform (environment + a tweak of the model entries), chosen with ``--profile``.
+
+Add one by adding an entry to ``PROFILES``, e.g.::
+
+    from serve.fast_ingress import FAST_INGRESS_ENV
+
+    def _light_models_in_router(entries: Entries) -> Entries:
+        light = {"FAKE_ECHO", "VISION"}
+        return [{**{k: v for k, v in e.items() if k != "deployment_config"}, "in_router": True}
+                if e["model_loading_config"]["type"] in light else e for e in entries]
+
+    PROFILES["fast"] = Profile("fast", env=dict(FAST_INGRESS_ENV), tweak=_light_models_in_router)
+
+``env`` is added to the environment of ``serve run``, so the local cluster it starts inherits it (with a
+config file, ``build_app`` runs inside Ray after the cluster started: flags Ray reads at start-up must
+come from here). The tweak gets each launch's model entries (``llm_configs`` items, a deep copy) and
+returns the entries to run. In-process baselines get the tweaked entries too, so a ratio compares
+serving paths, not engine settings; platform-only keys (``in_router``) do not change the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Entries = list[dict[str, Any]]
+
+
+def unchanged(entries: Entries) -> Entries:
+    return entries
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    env: dict[str, str] = field(default_factory=dict)  # added to the `serve run` environment
+    tweak: Callable[[Entries], Entries] = unchanged  # model entries -> model entries
+    router_config: dict[str, Any] = field(default_factory=dict)  # merged over the section's router_config
+
+    def apply(self, entries: Entries) -> Entries:
+        return self.tweak(copy.deepcopy(entries))
+
+
+def _in_router(entries: Entries) -> Entries:
+    """Every model's engine inside the router replica: no router -> deployment hop."""
+    return [{**{k: v for k, v in e.items() if k != "deployment_config"}, "in_router": True} for e in entries]
+
+
+def _fast_ingress_env() -> dict[str, str]:
+    from serve.fast_ingress import FAST_INGRESS_ENV
+
+    return dict(FAST_INGRESS_ENV)
+
+
+PROFILES: dict[str, Profile] = {
+    # Ray's defaults: Python proxy actor -> router replica -> model replica.
+    "default": Profile("default"),
+    # HAProxy -> router replica's own HTTP server -> model replica.
+    "fast-remote": Profile("fast-remote", env=_fast_ingress_env()),
+    # Python proxy actor -> router replica hosting the engines.
+    "in-router": Profile("in-router", tweak=_in_router),
+    # HAProxy -> router replica hosting the engines: the fewest hops and processes.
+    "fast": Profile("fast", env=_fast_ingress_env(), tweak=_in_router),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise SystemExit(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None

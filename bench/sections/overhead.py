@@ -1,0 +1,116 @@
+"""overhead: what the serving path costs, with an engine that costs nothing (the fake echo engine).
+
+The same ``FakeEchoEngine`` through the platform (``serve run``: proxy -> router -> model replica), a
+plain single-process FastAPI app (the baseline) and LitServe, at concurrency 1, 16 and 64, JSON and
+SSE (16 chunks per answer): p50/p99 latency, requests/s, time to first chunk, inter-chunk gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from bench.cpu_share import CpuMeter
+from bench.echo import ECHO_BODY, ECHO_CHUNKS
+from bench.launcher import Platform
+from bench.loadgen import run_load
+from bench.models import FAKE_ENGINE_MODULES, echo_entry
+from bench.processes import Server
+from bench.settings import RunSettings, SectionOutput
+from bench.stats import median_runs
+from bench.table import Table
+
+logger = logging.getLogger(__name__)
+
+CONCURRENCY = (1, 16, 64)
+CPU_CONCURRENCY = 16
+PLATFORM, LITSERVE, PLAIN = "platform", "LitServe", "plain FastAPI"
+
+
+@dataclass
+class Target:
+    url: str
+    stream_url: str  # LitServe serves streams on a path of their own
+
+
+def measure(target: Target, settings: RunSettings) -> dict[str, dict[str, Any]]:
+    """Median summaries keyed ``c1``, ``c1_stream``, ... after a short warm-up."""
+    for stream in (False, True):
+        asyncio.run(run_load(target.stream_url if stream else target.url, ECHO_BODY, 4, settings.size(8, 40), stream))
+    out: dict[str, dict[str, Any]] = {}
+    for c in CONCURRENCY:
+        total = settings.size(max(16, 2 * c), max(400, 10 * c))
+        for stream in (False, True):
+            url = target.stream_url if stream else target.url
+            runs = [asyncio.run(run_load(url, ECHO_BODY, c, total, stream)).summary() for _ in range(settings.repeats)]
+            out[f"c{c}{'_stream' if stream else ''}"] = median_runs(runs)
+            logger.info("c=%d stream=%s: %s", c, stream, out[f"c{c}{'_stream' if stream else ''}"])
+    return out
+
+
+def measure_cpu(target: Target, root_pid: int, settings: RunSettings) -> dict[str, float]:
+    """CPU ms per request of each process (and of the load generator), non-streaming at ``CPU_CONCURRENCY``."""
+    total = settings.size(64, 1000)
+    with CpuMeter(root_pid) as meter:
+        asyncio.run(run_load(target.url, ECHO_BODY, CPU_CONCURRENCY, total, False))
+    return meter.per_request_ms(total)
+
+
+def run(settings: RunSettings) -> SectionOutput:
+    raw: dict[str, Any] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    with Platform([echo_entry()], settings.profile, engine_modules=FAKE_ENGINE_MODULES, label="overhead-platform") as p:
+        url = f"{p.base_url}/v1/infer"
+        raw[PLATFORM] = measure(Target(url, url), settings)
+        cpu[PLATFORM] = measure_cpu(Target(url, url), p.proc.pid, settings)
+    with Server("overhead-plain", "bench.plain_app") as s:
+        url = f"{s.base_url}/v1/infer"
+        raw[PLAIN] = measure(Target(url, url), settings)
+        cpu[PLAIN] = measure_cpu(Target(url, url), s.proc.pid, settings)
+    with Server("overhead-litserve", "bench.litserve_echo") as s:
+        target = Target(f"{s.base_url}/v1/infer", f"{s.base_url}/v1/infer/stream")
+        raw[LITSERVE] = measure(target, settings)
+        cpu[LITSERVE] = measure_cpu(target, s.proc.pid, settings)
+    raw["cpu_ms_per_request"] = cpu
+    return [build_table(raw), build_cpu_table(cpu)], raw
+
+
+def build_cpu_table(cpu: dict[str, dict[str, float]]) -> Table:
+    """Which process costs what: CPU ms per request by process, and the total."""
+    systems = [PLATFORM, LITSERVE, PLAIN]
+    table = Table(f"CPU per request by process (ms), JSON echo at concurrency {CPU_CONCURRENCY}", systems, PLAIN)
+    labels = sorted({label for s in systems for label in cpu[s]}, key=lambda l: -max(cpu[s].get(l, 0) for s in systems))
+    for label in labels:
+        table.add(label, {s: cpu[s].get(label) for s in systems})
+    table.add("total, server processes", {s: round(sum(v for k, v in cpu[s].items() if k != "load generator"), 3) for s in systems}, key=True)
+    table.notes.append("From /proc/<pid>/stat (user + system time) of every process of each server's process tree "
+                       "before and after one run; processes under 0.005 ms per request are left out.")
+    return table
+
+
+ROWS = [  # (label, key in raw, field, in the chart at concurrency 1 / at every concurrency)
+    ("p50 latency (ms)", "", "p50_ms", "c1"),
+    ("p99 latency (ms)", "", "p99_ms", ""),
+    ("requests/s", "", "rps", "all"),
+    ("stream: time to first chunk p50 (ms)", "_stream", "ttfc_p50_ms", "c1"),
+    ("stream: inter-chunk gap p50 (ms)", "_stream", "gap_p50_ms", ""),
+    ("stream: p50 latency (ms)", "_stream", "p50_ms", ""),
+    ("stream: requests/s", "_stream", "rps", "all"),
+]
+
+
+def build_table(raw: dict[str, Any]) -> Table:
+    systems = [PLATFORM, LITSERVE, PLAIN]
+    table = Table(f"Echo engine (no model work): {PLATFORM} vs {LITSERVE} vs {PLAIN}", systems, PLAIN)
+    for c in CONCURRENCY:
+        for label, suffix, field, chart in ROWS:
+            values = {s: raw[s][f"c{c}{suffix}"][field] for s in systems}
+            table.add(f"c={c} {label}", values, key=chart == "all" or (chart == "c1" and c == 1))
+    table.notes.append(f"Each streamed answer is {ECHO_CHUNKS} SSE events plus a final one, with no delay in the engine; "
+                       "inter-chunk gap = per stream (last event - first event) / (events - 1), median over streams.")
+    failures = {f"{s} {k}": v["failures"] for s in systems for k, v in raw[s].items() if v.get("failures")}
+    if failures:
+        table.notes.append(f"Failed requests (median per run): {failures}")
+    return table
