@@ -3,8 +3,8 @@
 By default every HTTP request crosses Ray's Python proxy actor before it reaches the router
 replica. With these flags an HAProxy process owns the HTTP port and forwards straight to the
 router replicas' own HTTP servers (direct ingress), and user code runs on the replica's event
-loop instead of a second thread. Measured in ``bench/README.md``: about 8x lower latency at
-concurrency 1 for ``in_router`` models.
+loop instead of a second thread. Measured in ``bench/README.md``: about 7x lower latency at
+concurrency 1 for ``in_router`` models, 2x for models in their own deployments.
 
 The flags are read by every Ray process at start, so they only work as environment variables
 of the cluster: ``build_app`` sets them when it runs inside ``serve run`` before Ray starts
