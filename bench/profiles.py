@@ -56,7 +56,7 @@ def _fast_ingress_env() -> dict[str, str]:
 PROFILES: dict[str, Profile] = {
     # Ray's defaults: Python proxy actor -> router replica -> model replica.
     "default": Profile("default"),
-    # HAProxy -> router replica's own HTTP server -> model replica.
+    # HAProxy -> router replica's own HTTP server -> (gRPC) model replica.
     "fast-remote": Profile("fast-remote", env=_fast_ingress_env()),
     # Python proxy actor -> router replica hosting the engines.
     "in-router": Profile("in-router", tweak=_in_router),
