@@ -6,7 +6,7 @@ router replicas' own HTTP servers (direct ingress), user code runs on the replic
 instead of a second thread, and the router calls model deployments over gRPC. These are the
 flags of Ray's own ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` mode plus HAProxy, minus its silencing of
 replica logs. Measured in ``bench/README.md``: about 7x lower latency at
-concurrency 1 for ``in_router`` models, 3.5x for models in their own deployments.
+concurrency 1 for ``in_router`` models, about 6x for models in their own deployments.
 
 The flags are read by every Ray process at start, so they only work as environment variables
 of the cluster: ``build_app`` sets them when it runs inside ``serve run`` before Ray starts
