@@ -18,7 +18,7 @@ import yaml
 
 from serve import fast_ingress
 from tests.conftest import REPO_ROOT, free_port, wait_until
-from tests.test_router_integration import assert_error, sse_events
+from tests.test_router_integration import assert_error, assert_timeout_and_disconnect_cancel, sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -102,16 +102,7 @@ def test_errors_and_timeouts_keep_their_contract(fast_app: str) -> None:
         assert_error(client.post("/v1/infer", json={"model_id": "nope", "input": "x"}), 404, "not_found_error")
         assert_error(client.post("/v1/infer", content=b"{not json", headers={"content-type": "application/json"}), 400)
         for model in ("echo", "echo-remote"):  # in the router, and across the gRPC hop
-            cancelled = lambda: client.get(f"/v1/models/{model}").json()["stats"]["cancelled"]  # noqa: E731
-            before = cancelled()
-            slow = {"model_id": model, "input": "w " * 40, "params": {"delay_s": 0.2}}
-            assert_error(client.post("/v1/infer", json=slow), 504)
-            wait_until(lambda: cancelled() == before + 1, timeout=30)
-            with client.stream("POST", "/v1/infer", json={**slow, "stream": True}) as response:
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        break  # leaving the block closes the connection mid-stream
-            wait_until(lambda: cancelled() == before + 2, timeout=30)
+            assert_timeout_and_disconnect_cancel(client, model)
             assert client.post("/v1/infer", json={"model_id": model, "input": "still up"}).json()["text"] == "still up"
 
 

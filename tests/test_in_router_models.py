@@ -9,8 +9,8 @@ from ray import serve
 
 from configs.loader import ConfigError, validate_app_args
 from configs.server_models import AppArgs
-from tests.conftest import model_status, wait_ready, wait_until
-from tests.test_router_integration import assert_error, sse_events
+from tests.conftest import model_status, wait_ready
+from tests.test_router_integration import assert_error, assert_timeout_and_disconnect_cancel, sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -45,16 +45,7 @@ def test_in_router_model_errors_are_json_and_the_router_keeps_serving(client: ht
 
 def test_in_router_timeout_and_disconnect_cancel_the_engine(client: httpx.Client) -> None:
     wait_ready(client, MODEL)
-    cancelled = lambda: model_status(client, MODEL)["stats"]["cancelled"]  # noqa: E731
-    before = cancelled()
-    slow = {"model_id": MODEL, "input": "slow " * 50, "params": {"delay_s": 0.2}}
-    assert_error(client.post("/v1/infer", json=slow), 504)  # request_timeout_s: 2.0
-    wait_until(lambda: cancelled() == before + 1, timeout=30)
-    with client.stream("POST", "/v1/infer", json={**slow, "stream": True}) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                break  # leaving the block closes the connection mid-stream
-    wait_until(lambda: cancelled() == before + 2, timeout=30)
+    assert_timeout_and_disconnect_cancel(client, MODEL)  # request_timeout_s: 2.0
 
 
 def test_in_router_config_rules_name_the_field() -> None:

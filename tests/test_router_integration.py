@@ -31,6 +31,21 @@ def assert_error(response: httpx.Response, status: int, error_type: str | None =
     return error
 
 
+def assert_timeout_and_disconnect_cancel(client: httpx.Client, model_id: str) -> None:
+    """A slow request past the model's timeout (504), then a stream the client leaves: each cancels
+    the FAKE_ECHO engine (its ``cancelled`` counter)."""
+    cancelled = lambda: client.get(f"/v1/models/{model_id}").json()["stats"]["cancelled"]  # noqa: E731
+    before = cancelled()
+    slow = {"model_id": model_id, "input": "slow " * 50, "params": {"delay_s": 0.2}}
+    assert_error(client.post("/v1/infer", json=slow), 504)
+    wait_until(lambda: cancelled() == before + 1, timeout=30)
+    with client.stream("POST", "/v1/infer", json={**slow, "stream": True}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break  # leaving the block closes the connection mid-stream
+    wait_until(lambda: cancelled() == before + 2, timeout=30)
+
+
 def test_models_lists_every_entry_with_config_and_status(client: httpx.Client) -> None:
     models = {m["model_id"]: m for m in client.get("/v1/models").json()["models"]}
     assert {"smollm2-135m-instruct", "echo-a", "org/echo-b", "broken-llm", "echo-solo", "slow-start"} <= set(models)
