@@ -53,10 +53,7 @@ def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:
 
 
 def build_application(loaded: LoadedConfig) -> Application:
-    groups: dict[str, list[MultiModelConfig]] = defaultdict(list)
-    for entry in loaded.models:
-        if not entry.in_router:
-            groups[entry.deployment_name()].append(entry)
+    groups = model_deployments(loaded.models)
     handles = {name: _bind_model_deployment(name, entries, loaded.engine_modules) for name, entries in groups.items()}
     router = loaded.router
     ingress = serve.deployment(
@@ -74,6 +71,15 @@ def build_application(loaded: LoadedConfig) -> Application:
     in_router = [m.model_dump() for m in loaded.models if m.in_router]
     init_args = (handles, index, router_config, in_router, loaded.engine_modules)
     return _versioned(ingress, *init_args[1:]).bind(*init_args)
+
+
+def model_deployments(models: list[MultiModelConfig]) -> dict[str, list[MultiModelConfig]]:
+    """Entries by deployment name; ``in_router`` entries have none (they live in the router)."""
+    groups: dict[str, list[MultiModelConfig]] = defaultdict(list)
+    for entry in models:
+        if not entry.in_router:
+            groups[entry.deployment_name()].append(entry)
+    return groups
 
 
 def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:

@@ -80,12 +80,9 @@ def replica_range(options: dict[str, Any]) -> tuple[int, int]:
 
 def replica_demands(loaded: Any) -> tuple[list[Demand], list[Demand]]:
     """Every replica at the minimum and at the maximum scale, the router's included."""
-    from vllm_host import deployment_options
+    from vllm_host import deployment_options, model_deployments
 
-    groups: dict[str, list[Any]] = defaultdict(list)
-    for entry in loaded.models:
-        if not entry.in_router:  # in_router engines live in the router's replicas, counted below
-            groups[entry.deployment_name()].append(entry)
+    groups = model_deployments(loaded.models)  # in_router engines live in the router's replicas, counted below
     at_min: list[Demand] = []
     at_max: list[Demand] = []
     for entries in groups.values():
