@@ -15,7 +15,7 @@ from common import endpoints
 from common.media import decode_audio, read_media
 from configs.audio_models import AudioEngineConfig, AudioParams
 from servers.base_engine import BaseEngine, EngineRequest
-from servers.media.runtime import model_executor, run_blocking
+from servers.model_thread import model_executor, run_blocking
 from servers.media.speech import Segment, SpeechBackend, TranscriptInfo, load_speech_backend, transcribe_stream
 from servers.registry import register_engine
 

@@ -1,7 +1,8 @@
 """``type: TRANSFORMERS``: any Hugging Face causal LM (local folder or GGUF file) on CPU or CUDA.
 
 Requests are decoded together by a continuous batcher (``servers.generation.batcher``) that
-runs in its own thread, so the replica's event loop stays free and tokens stream as they come.
+runs on the model's own thread (the one that loaded it), so the replica's event loop stays free
+and tokens stream as they come.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from common.errors import EngineError, InvalidRequestError
 from configs.llm_models import LLMParams, TransformersEngineConfig
 from servers.base_engine import BaseEngine, EngineRequest
 from servers.chat_prompt import encode_prompt, usage
+from servers.model_thread import model_executor, run_blocking
 from servers.registry import register_engine
 
 logger = logging.getLogger(__name__)
@@ -36,9 +38,11 @@ class TransformersEngine(BaseEngine):
         self.device = "cpu"
         self.max_model_len = 0
         self._batcher: Any = None
+        self._executor = model_executor(self.model_id)
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._load)
+        await run_blocking(self._executor, self._load)
+        self._batcher.start(self._executor)  # the loading thread decodes: one OpenMP team per process
 
     def _load(self) -> None:
         import torch
@@ -61,7 +65,6 @@ class TransformersEngine(BaseEngine):
             probe = self.model(input_ids=torch.tensor([[self._eos_ids()[0]]], device=self.device), use_cache=True)
         check_cache_supported(probe.past_key_values)
         self._batcher = ContinuousBatcher(self.model, self.device, set(self._eos_ids()), cfg.max_batch_size)
-        self._batcher.start()
         logger.info("loaded %s on %s (%s threads, context %d)", self.model_id, self.device, torch.get_num_threads(), self.max_model_len)
 
     def _dtype(self, torch: Any) -> Any:
@@ -153,6 +156,7 @@ class TransformersEngine(BaseEngine):
     async def stop(self) -> None:
         if self._batcher is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._batcher.stop)
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self.model = None
         self._batcher = None
 

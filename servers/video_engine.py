@@ -18,7 +18,7 @@ from configs.audio_models import AudioParams
 from configs.video_models import VideoEngineConfig, VideoParams
 from configs.vision_models import VisionParams
 from servers.base_engine import BaseEngine, EngineRequest
-from servers.media.runtime import model_executor, run_blocking
+from servers.model_thread import model_executor, run_blocking
 from servers.media.speech import Segment, SpeechBackend, TranscriptInfo, load_speech_backend, transcribe_stream
 from servers.media.vision import VisionBackend, check_vision_params, load_vision_backend
 from servers.registry import register_engine

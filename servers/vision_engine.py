@@ -15,7 +15,8 @@ from typing import Any, AsyncIterator
 from common.media import decode_image, read_media
 from configs.vision_models import VisionEngineConfig, VisionParams
 from servers.base_engine import BaseEngine, EngineRequest
-from servers.media.runtime import MicroBatcher, model_executor, run_blocking
+from servers.media.runtime import MicroBatcher
+from servers.model_thread import model_executor, run_blocking
 from servers.media.vision import VisionBackend, check_vision_params, load_vision_backend
 from servers.registry import register_engine
 

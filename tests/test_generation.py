@@ -6,6 +6,7 @@ Runs in-process on a tiny random Llama (real transformers loading and forward co
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,24 @@ def test_detokenizer_stops_at_stop_string_and_holds_back_prefixes() -> None:
     assert detok.push(ord("D")) == "" and detok.stopped
     detok = IncrementalDetokenizer(CharTokenizer(), ["END"])
     assert "".join(detok.push(ord(c)) for c in "abEx") + detok.flush() == "abEx"
+
+
+def test_model_is_loaded_and_decoded_on_one_thread(engine: Any) -> None:
+    """Loading and decoding share the model thread: a second thread running torch ops would add an
+    OpenMP team and slow decoding on small CPUs (servers/model_thread.py)."""
+    eng, _ = engine
+    seen: set[str] = set()
+    original = eng._batcher._decode_step
+
+    def spy(arg: None) -> None:
+        seen.add(threading.current_thread().name)
+        original(arg)
+
+    eng._batcher._decode_step = spy
+    try:
+        text, last = run(engine, generate(engine, "hello", max_tokens=4, temperature=0, raw_prompt=True))[0]
+    finally:
+        del eng._batcher._decode_step
+    assert last["usage"]["completion_tokens"] >= 1
+    assert seen and all(name.startswith("model-tiny") for name in seen)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("model-tiny")] == [next(iter(seen))]

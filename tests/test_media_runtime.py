@@ -8,7 +8,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from servers.media.runtime import MicroBatcher, iterate_blocking, model_executor
+from servers.media.runtime import MicroBatcher, iterate_blocking
+from servers.model_thread import model_executor
 
 
 def test_iterate_blocking_yields_items_then_raises_the_producer_error() -> None:

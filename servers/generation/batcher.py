@@ -1,6 +1,7 @@
 """Iteration-level (continuous) batching for Hugging Face causal LMs.
 
-One worker thread owns the model. Each loop iteration admits waiting requests (a prefill each,
+The decoding loop runs on the engine's model thread (``servers.model_thread``), the thread that
+loaded the model, and owns the model from then on. Each loop iteration admits waiting requests (a prefill each,
 then their KV cache is left-padded and stacked onto the running batch), runs one decoding step
 for every running sequence, streams each new token to its request, and drops finished or
 cancelled sequences from the batch. A request arriving mid-generation therefore starts at the
@@ -12,6 +13,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from concurrent import futures
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -66,13 +69,14 @@ class ContinuousBatcher:
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
-        self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
+        self._worker: Future[None] | None = None
         self.generated_tokens = 0
         self.finished_requests = 0
 
     # -- public, called from the event loop -------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, executor: Executor) -> None:
+        """Run the decoding loop on ``executor``'s (single) thread until ``stop``."""
+        self._worker = executor.submit(self._run)
 
     def submit(self, job: GenerationJob) -> None:
         with self._cond:
@@ -86,10 +90,11 @@ class ContinuousBatcher:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._thread.join(timeout=30)
+        if self._worker is not None:
+            futures.wait([self._worker], timeout=30)
 
     def is_alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._worker is not None and not self._worker.done()
 
     def stats(self) -> dict[str, int]:
         return {

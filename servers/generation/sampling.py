@@ -20,16 +20,19 @@ class SequenceSampler:
             self.generator.manual_seed(params.seed)
         else:
             self.generator.seed()
+        self._vocab_size = vocab_size
         self._needs_counts = params.frequency_penalty != 0 or params.presence_penalty != 0
-        self._output_counts = torch.zeros(vocab_size, dtype=torch.float32) if self._needs_counts else None
+        self._output_counts: torch.Tensor | None = None  # made on the model thread (see servers.model_thread)
         self._seen = set(prompt_ids) if params.repetition_penalty != 1.0 else None
 
     @property
     def is_plain_greedy(self) -> bool:
         p = self.params
-        return p.temperature == 0 and self._output_counts is None and self._seen is None
+        return p.temperature == 0 and not self._needs_counts and self._seen is None
 
     def observe(self, token_id: int) -> None:
+        if self._needs_counts and self._output_counts is None:
+            self._output_counts = torch.zeros(self._vocab_size, dtype=torch.float32)
         if self._output_counts is not None and token_id < self._output_counts.numel():
             self._output_counts[token_id] += 1
         if self._seen is not None:

@@ -1,4 +1,4 @@
-"""Run blocking model code off the replica's event loop, and pick the device a backend uses."""
+"""Stream and batch blocking model calls (made on the engine's model thread), and pick the device a backend uses."""
 
 from __future__ import annotations
 
@@ -9,19 +9,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
+from servers.model_thread import run_blocking
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _END = object()
-
-
-def model_executor(name: str, workers: int = 1) -> ThreadPoolExecutor:
-    """Model calls run on these threads (one by default: in order), never on the event loop."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"media-{name}")
-
-
-async def run_blocking(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 async def iterate_blocking(executor: ThreadPoolExecutor, make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
