@@ -1,11 +1,11 @@
 """Iteration-level (continuous) batching for Hugging Face causal LMs.
 
 The decoding loop runs on the engine's model thread (``servers.model_thread``), the thread that
-loaded the model, and owns the model from then on. Each loop iteration admits waiting requests (a prefill each,
-then their KV cache is left-padded and stacked onto the running batch), runs one decoding step
-for every running sequence, streams each new token to its request, and drops finished or
-cancelled sequences from the batch. A request arriving mid-generation therefore starts at the
-next step instead of waiting for the whole batch to finish.
+loaded the model. Each loop iteration admits waiting requests (one batched prefill, then their KV
+cache is left-padded and stacked onto the running batch), runs one decoding step for every
+running sequence, streams each new token to its request, and drops finished or cancelled
+sequences from the batch. A request arriving mid-generation therefore starts at the next step
+instead of waiting for the whole batch to finish.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from concurrent import futures
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -91,7 +90,7 @@ class ContinuousBatcher:
             self._stopping = True
             self._cond.notify()
         if self._worker is not None:
-            futures.wait([self._worker], timeout=30)
+            wait([self._worker], timeout=30)
 
     def is_alive(self) -> bool:
         return self._worker is not None and not self._worker.done()
