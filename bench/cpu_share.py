@@ -24,12 +24,17 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def process_label(pid: int) -> str:
-    """``ray::ServeReplica:default:MultiModelRouter`` -> ``replica MultiModelRouter``; else the program name."""
+    """``ray::ServeReplica:default:MultiModelRouter`` -> ``replica MultiModelRouter``; else the program name.
+
+    Processes with the same label (the dashboard's module processes, say) are summed by ``per_request_ms``.
+    """
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
     first = argv[0].decode(errors="replace").strip()
+    if first.startswith("ray-dashboard-"):  # the dashboard's module processes retitle themselves
+        return "dashboard modules"
     if first.startswith("ray::ServeReplica:"):
         return "replica " + first.split(":")[-1].split(".")[0].strip()
     if first.startswith("ray::"):
