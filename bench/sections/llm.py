@@ -53,12 +53,16 @@ async def measure_streams(open_stream: StreamOpener, settings: RunSettings) -> d
     return out
 
 
-def measure_http(url: str, settings: RunSettings) -> dict[str, Any]:
+def http_opener(client: Any, url: str, settings: RunSettings) -> StreamOpener:
+    """Streams of the section's request through ``POST url`` (the platform's or LitServe's ``/v1/infer``)."""
     body = {"model_id": LLM_ID, "input": PROMPT, "params": params(settings)}
+    return lambda: sse_chunks(client, url, body)
 
+
+def measure_http(url: str, settings: RunSettings) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
-            return await measure_streams(lambda: sse_chunks(client, url, body), settings)
+            return await measure_streams(http_opener(client, url, settings), settings)
 
     return asyncio.run(go())
 
@@ -77,11 +81,10 @@ def measure_beside(entry: dict[str, Any], url: str, settings: RunSettings) -> di
     Both see the same Ray daemons and the same moment of a noisy machine, so the median of the paired
     ratios (platform / in-process) is the serving path's share of the gap.
     """
-    body = {"model_id": LLM_ID, "input": PROMPT, "params": params(settings)}
 
     async def go() -> dict[str, Any]:
         async with session(max(BESIDE_CONCURRENCY) + 1, timeout_s=3600) as client, InProcessModel(entry) as model:
-            local, remote = model.opener(PROMPT, params(settings)), lambda: sse_chunks(client, url, body)
+            local, remote = model.opener(PROMPT, params(settings)), http_opener(client, url, settings)
             await timed_stream(local)  # warm-up
             out: dict[str, Any] = {}
             for c in BESIDE_CONCURRENCY:
@@ -149,5 +152,5 @@ def _figure(raw: dict[str, Any], system: str, c: int, field: str) -> float | Non
 
 
 def _paired(raw: dict[str, Any], c: int) -> str:
-    ratio = raw[BESIDE].get(f"c{c}", {}).get("paired_platform_ratio")
+    ratio = _figure(raw, BESIDE, c, "paired_platform_ratio")
     return "—" if ratio is None else f"{ratio:.2f}x"
