@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.models import model_id
+from bench.models import echo_entry, model_id
 from bench.processes import LOG_DIR, bench_env, free_port, kill_orphaned_haproxy, log_tail, start_group, stop_group
 from bench.profiles import Profile
 
@@ -117,6 +117,20 @@ class Platform:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RayFloor(Platform):
+    """``serve run`` of ``bench.ray_floor_app`` (the baseline's handler as one Serve deployment) under ``profile``."""
+
+    def __init__(self, profile: Profile, *, label: str = "ray-floor") -> None:
+        super().__init__([echo_entry()], profile, label=label)
+
+    def serve_config(self) -> dict[str, Any]:
+        config = super().serve_config()
+        app = config["applications"][0]
+        app["import_path"] = "bench.ray_floor_app:app"
+        del app["args"]
+        return config
 
 
 def _read(path: Path) -> str | None:

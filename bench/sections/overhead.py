@@ -3,6 +3,8 @@
 The same ``FakeEchoEngine`` through the platform (``serve run``: proxy -> router -> model replica), a
 plain single-process FastAPI app (the baseline) and LitServe, at concurrency 1, 16 and 64, JSON and
 SSE (16 chunks per answer): p50/p99 latency, requests/s, time to first chunk, inter-chunk gap.
+Ray Serve's floor (the baseline's handler as one Serve deployment, ``bench/ray_floor_app.py``, under
+the same profile flags) shows how much of the platform's cost any Ray Serve app pays.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from bench.cpu_share import CpuMeter
 from bench.echo import ECHO_BODY, ECHO_CHUNKS
-from bench.launcher import Platform
+from bench.launcher import Platform, RayFloor
 from bench.loadgen import run_load
 from bench.models import FAKE_ENGINE_MODULES, echo_entry
 from bench.processes import Server
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 CONCURRENCY = (1, 16, 64)
 CPU_CONCURRENCY = 16
-PLATFORM, LITSERVE, PLAIN = "platform", "LitServe", "plain FastAPI"
+PLATFORM, RAY_FLOOR, LITSERVE, PLAIN = "platform", "Ray Serve floor", "LitServe", "plain FastAPI"
 
 
 @dataclass
@@ -65,6 +67,10 @@ def run(settings: RunSettings) -> SectionOutput:
         url = f"{p.base_url}/v1/infer"
         raw[PLATFORM] = measure(Target(url, url), settings)
         cpu[PLATFORM] = measure_cpu(Target(url, url), p.proc.pid, settings)
+    with RayFloor(settings.profile, label="overhead-ray-floor") as f:
+        url = f"{f.base_url}/v1/infer"
+        raw[RAY_FLOOR] = measure(Target(url, url), settings)
+        cpu[RAY_FLOOR] = measure_cpu(Target(url, url), f.proc.pid, settings)
     with Server("overhead-plain", "bench.plain_app") as s:
         url = f"{s.base_url}/v1/infer"
         raw[PLAIN] = measure(Target(url, url), settings)
@@ -79,7 +85,7 @@ def run(settings: RunSettings) -> SectionOutput:
 
 def build_cpu_table(cpu: dict[str, dict[str, float]]) -> Table:
     """Which process costs what: CPU ms per request by process, and the total."""
-    systems = [PLATFORM, LITSERVE, PLAIN]
+    systems = [s for s in (PLATFORM, RAY_FLOOR, LITSERVE, PLAIN) if s in cpu]
     table = Table(f"CPU per request by process (ms), JSON echo at concurrency {CPU_CONCURRENCY}", systems, PLAIN)
     labels = sorted({label for s in systems for label in cpu[s]}, key=lambda l: -max(cpu[s].get(l, 0) for s in systems))
     for label in labels:
@@ -102,8 +108,8 @@ ROWS = [  # (label, key in raw, field, in the chart at concurrency 1 / at every 
 
 
 def build_table(raw: dict[str, Any]) -> Table:
-    systems = [PLATFORM, LITSERVE, PLAIN]
-    table = Table(f"Echo engine (no model work): {PLATFORM} vs {LITSERVE} vs {PLAIN}", systems, PLAIN)
+    systems = [s for s in (PLATFORM, RAY_FLOOR, LITSERVE, PLAIN) if s in raw]
+    table = Table(f"Echo engine (no model work): {' vs '.join(systems)}", systems, PLAIN)
     for c in CONCURRENCY:
         for label, suffix, field, chart in ROWS:
             values = {s: raw[s][f"c{c}{suffix}"][field] for s in systems}
