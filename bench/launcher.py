@@ -32,6 +32,8 @@ SERVE_CLI = Path(sys.executable).parent / "serve"
 class Platform:
     """One ``serve run`` of ``entries`` under ``profile``; use as a context manager."""
 
+    uses_direct_port = True  # clients go to router_config.direct_http_port when the profile says so
+
     def __init__(self, entries: list[dict[str, Any]], profile: Profile, *, engine_modules: list[str] | None = None,
                  router_config: dict[str, Any] | None = None, label: str = "platform", ready_timeout_s: float = 900) -> None:
         self.entries = profile.apply(entries)
@@ -42,6 +44,9 @@ class Platform:
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        if profile.direct_port and self.uses_direct_port:
+            self.router_config["direct_http_port"] = free_port()
+            self.base_url = f"http://127.0.0.1:{self.router_config['direct_http_port']}"
         self.log_path = LOG_DIR / f"{label}-{self.port}.log"
         self.proc: subprocess.Popen | None = None
         self.ready_s: float | None = None
@@ -121,6 +126,8 @@ class Platform:
 
 class RayFloor(Platform):
     """``serve run`` of ``bench.ray_floor_app`` (the baseline's handler as one Serve deployment) under ``profile``."""
+
+    uses_direct_port = False  # a plain Serve app has only Ray's port
 
     def __init__(self, profile: Profile, *, label: str = "ray-floor") -> None:
         super().__init__([echo_entry()], profile, label=label)

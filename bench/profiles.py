@@ -37,6 +37,7 @@ class Profile:
     env: dict[str, str] = field(default_factory=dict)  # added to the `serve run` environment
     tweak: Callable[[Entries], Entries] = unchanged  # model entries -> model entries
     router_config: dict[str, Any] = field(default_factory=dict)  # merged over the section's router_config
+    direct_port: bool = False  # clients use router_config.direct_http_port (a free port per launch)
 
     def apply(self, entries: Entries) -> Entries:
         return self.tweak(copy.deepcopy(entries))
@@ -62,6 +63,8 @@ PROFILES: dict[str, Profile] = {
     "in-router": Profile("in-router", tweak=_in_router),
     # HAProxy -> router replica hosting the engines: the fewest hops and processes.
     "fast": Profile("fast", env=_fast_ingress_env(), tweak=_in_router),
+    # Clients on the router replica's own listener (router_config.direct_http_port), engines inside it.
+    "direct": Profile("direct", env=_fast_ingress_env(), tweak=_in_router, direct_port=True),
 }
 
 

@@ -88,6 +88,14 @@ class RouterConfig(BasePydantic):
     )
     max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
     num_replicas: int = Field(default=1, ge=1)
+    direct_http_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Each router replica also serves the API on this port itself, without Ray's proxy hop "
+        "(serve/router/direct_http.py); off by default. Give every application a port of its own.",
+    )
+    direct_http_host: str = Field(
+        default="127.0.0.1", description="Interface for direct_http_port; 0.0.0.0 to reach it from other machines."
+    )
 
 
 class AppArgs(BasePydantic):

@@ -45,7 +45,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
+def integration_app_args(smollm2: Path, broken_dir: Path, direct_http_port: int | None = None) -> dict[str, Any]:
     """The app every integration test talks to: a real LLM, fake engines, a broken model."""
     echo = lambda model_id, deployment, **kwargs: {  # noqa: E731
         "model_loading_config": {"model_id": model_id, "model_source": "none", "type": "FAKE_ECHO"},
@@ -54,7 +54,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path) -> dict[str, Any]:
     }
     return {
         "engine_modules": ["tests.fake_engines", *(["tests.fake_vllm"] if importlib.util.find_spec("vllm") else [])],
-        "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0},
+        "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0, "direct_http_port": direct_http_port},
         "llm_configs": [
             {
                 "model_loading_config": {"model_id": "smollm2-135m-instruct", "model_source": str(smollm2), "type": "TRANSFORMERS"},
@@ -84,12 +84,16 @@ TEST_API_KEYS = ("key-one", "key-two")
 os.environ["MODELHOST_TEST_KEYS"] = ",".join(TEST_API_KEYS)
 
 
-def secure_app_args() -> dict[str, Any]:
-    """A second app: API keys, CORS and a small body limit, all from router_config."""
+SECURE_MAX_ONGOING = 2
+
+
+def secure_app_args(direct_http_port: int | None = None) -> dict[str, Any]:
+    """A second app: API keys, CORS, a small body limit and few requests in flight, all from router_config."""
     return {
         "engine_modules": ["tests.fake_engines"],
         "router_config": {"api_keys_env": "MODELHOST_TEST_KEYS", "cors_origins": ["https://ui.example"],
-                          "max_request_body_bytes": 4096},
+                          "max_request_body_bytes": 4096, "max_ongoing_requests": SECURE_MAX_ONGOING,
+                          "direct_http_port": direct_http_port},
         "llm_configs": [{"model_loading_config": {"model_id": "echo", "model_source": "none", "type": "FAKE_ECHO"},
                          "deployment_config": {"name": "secure-echo", "ray_actor_options": {"num_cpus": 0.1}}}],
     }
@@ -139,7 +143,14 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int) -> Iterator[str]:
+def direct_ports() -> dict[str, int]:
+    """``router_config.direct_http_port`` of the main and the secure app."""
+    return {"main": free_port(), "secure": free_port()}
+
+
+@pytest.fixture(scope="session")
+def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int,
+              direct_ports: dict[str, int]) -> Iterator[str]:
     """Start Ray, deploy the integration app through ``vllm_host.build_app``, yield its base URL."""
     import ray
     from ray import serve
@@ -154,7 +165,7 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metri
         _metrics_export_port=metrics_port,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = vllm_host.build_app(integration_app_args(smollm2_dir, broken))
+    app = vllm_host.build_app(integration_app_args(smollm2_dir, broken, direct_ports["main"]))
     serve.run(app, name="default", route_prefix="/", blocking=False)
     base_url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200, timeout=120)
@@ -166,13 +177,14 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metri
 
 
 @pytest.fixture(scope="session")
-def secure_app(serve_app: str) -> str:
+def secure_app(serve_app: str, direct_ports: dict[str, int]) -> str:
     """``secure_app_args`` deployed beside the main app, under ``/secure``."""
     from ray import serve
 
     import vllm_host
 
-    serve.run(vllm_host.build_app(secure_app_args()), name="secure", route_prefix="/secure", blocking=False)
+    app = vllm_host.build_app(secure_app_args(direct_ports["secure"]))
+    serve.run(app, name="secure", route_prefix="/secure", blocking=False)
     base_url = f"{serve_app}/secure"
     wait_until(lambda: httpx.get(f"{base_url}/v1/health", timeout=10).status_code == 200, timeout=120)
     return base_url

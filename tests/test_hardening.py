@@ -204,6 +204,7 @@ def test_per_model_metrics_reach_rays_prometheus_endpoint(client: httpx.Client, 
     wait_ready(client, "echo-solo")
     for _ in range(3):
         client.post("/v1/infer", json=ECHO_OK)
+    client.post("/v1/infer", json={**ECHO_OK, "stream": True})  # time to first chunk: streams only
 
     def exported() -> bool:
         text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text

@@ -41,6 +41,7 @@ class RequestRecord:
     output_tokens: int = 0
     status: int = 200  # 499 = cancelled: the client went away or the deadline passed
     rejected: bool = False
+    streamed: bool = False  # a merged answer's one chunk says nothing about time to first token
 
     def on_chunk(self, chunk: dict[str, Any]) -> None:
         if self.first_chunk is None:
@@ -51,7 +52,7 @@ class RequestRecord:
 
     def report(self, metrics: RouterMetrics | None) -> None:
         latency = time.monotonic() - self.started
-        ttft = None if self.first_chunk is None else self.first_chunk - self.started
+        ttft = None if self.first_chunk is None or not self.streamed else self.first_chunk - self.started
         logger.info(
             "request %s model=%s endpoint=%s status=%d latency_ms=%.1f ttft_ms=%s output_tokens=%d",
             self.request_id, self.model, self.endpoint, self.status, latency * 1000,

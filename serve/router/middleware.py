@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from typing import Any, Awaitable, Callable
 
 from starlette.exceptions import HTTPException
@@ -41,7 +41,7 @@ class RequestContextMiddleware:
         headers = dict(scope.get("headers") or [])
         # Ray Serve's proxy puts its request id in x-request-id and echoes it on the response.
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         if request_id != incoming:
             send = _with_header(send, b"x-request-id", request_id.encode())

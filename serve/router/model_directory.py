@@ -14,6 +14,7 @@ from typing import Any, Awaitable
 
 from ray.exceptions import RayActorError
 
+from common.constants import ROUTER_DEPLOYMENT_NAME
 from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
 from serve.router.backends import ModelBackend
 from serve.router.replica_counts import ReplicaCounts, Replicas
@@ -86,6 +87,8 @@ class ModelDirectory:
         replica meanwhile: a request queued for a replica that cannot be placed (its node is gone)
         would otherwise wait for the whole request timeout."""
         entry = self.get(model_id)
+        if entry.deployment == ROUTER_DEPLOYMENT_NAME:  # in_router: its replica is this one
+            return await next_chunk
         task = asyncio.ensure_future(next_chunk)
         try:
             while not (await asyncio.wait({task}, timeout=poll_s))[0]:

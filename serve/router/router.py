@@ -27,6 +27,7 @@ from configs.infer_models import HealthResponse, InferRequest
 from configs.server_models import RouterConfig
 from serve.deployments.multi_model_deployment import MultiModelDeployment
 from serve.router.backends import InProcessBackend, ModelBackend, RemoteBackend
+from serve.router.direct_http import DirectHttpListener
 from serve.router.http_errors import install_error_handlers
 from serve.router.auth import ApiKeyMiddleware, load_api_keys
 from serve.router.metrics import RequestRecord, RouterMetrics
@@ -72,6 +73,7 @@ class MultiModelRouter(OpenAIRoutes):
         self.directory = ModelDirectory(entries, backends, self.config.discovery_timeout_s, counts)
         settings.configure(self.config, load_api_keys(self.config.api_keys_env))
         self.metrics = RouterMetrics()
+        self.direct_listener = await self._start_direct_listener()
         for entry in self.directory.entries.values():
             logger.info("registered model %s (%s) on deployment %s", entry.model_id, entry.type, entry.deployment)
 
@@ -123,15 +125,25 @@ class MultiModelRouter(OpenAIRoutes):
             await self.in_router.check_health()
 
     async def __del__(self) -> None:
+        if getattr(self, "direct_listener", None) is not None:
+            await self.direct_listener.stop()
         if self.in_router is not None:
             await self.in_router.__del__()
+
+    async def _start_direct_listener(self) -> DirectHttpListener | None:
+        if self.config.direct_http_port is None:
+            return None
+        listener = DirectHttpListener(router_app, self.config.direct_http_host, self.config.direct_http_port,
+                                      self.config.max_ongoing_requests, self.config.request_timeout_s)
+        await listener.start()
+        return listener
 
     # -- request plumbing -----------------------------------------------------------------
     async def _stream(self, payload: dict[str, Any], endpoint: str) -> AsyncIterator[dict[str, Any]]:
         """Chunks from the model's deployment. Error chunks and Ray's failures become ``ServingError``s;
         closing this generator (client gone, timeout) cancels the request in the deployment."""
         model_id = payload["model_id"]
-        record = RequestRecord(payload["request_id"], model_id, endpoint)
+        record = RequestRecord(payload["request_id"], model_id, endpoint, streamed=bool(payload.get("stream")))
         response = None
         try:
             backend = self.directory.backend_for(model_id)
