@@ -63,8 +63,10 @@ PROFILES: dict[str, Profile] = {
     "in-router": Profile("in-router", tweak=_in_router),
     # HAProxy -> router replica hosting the engines: the fewest hops and processes.
     "fast": Profile("fast", env=_fast_ingress_env(), tweak=_in_router),
-    # Clients on the router replica's own listener (router_config.direct_http_port), engines inside it.
-    "direct": Profile("direct", env=_fast_ingress_env(), tweak=_in_router, direct_port=True),
+    # Clients on the router replica's own listener (router_config.direct_http_port), engines inside it,
+    # no per-request log line (the plain FastAPI baseline runs uvicorn with access_log=False too).
+    "direct": Profile("direct", env=_fast_ingress_env(), tweak=_in_router, direct_port=True,
+                      router_config={"log_requests": False}),
 }
 
 

@@ -1,7 +1,8 @@
 """A section's figures: one table per comparison, one column per system, ratios against the baseline column.
 
 The ratio is ``value / baseline value`` of the same row (so >1 is slower for latencies, faster for
-throughputs). Rows marked ``key`` are the ones the summary chart plots.
+throughputs), or against the system's own baseline figure where the section measured one beside it.
+Rows marked ``key`` are the ones the summary chart plots.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ class Row:
     measure: str
     values: dict[str, float | None]
     key: bool = False
+    # a system's own baseline figure (e.g. measured right beside it) instead of the baseline column's
+    baselines: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -25,11 +28,13 @@ class Table:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, measure: str, values: dict[str, float | None], key: bool = False) -> None:
-        self.rows.append(Row(measure, values, key))
+    def add(self, measure: str, values: dict[str, float | None], key: bool = False,
+            baselines: dict[str, float | None] | None = None) -> None:
+        self.rows.append(Row(measure, values, key, baselines or {}))
 
     def ratio(self, row: Row, system: str) -> float | None:
-        value, base = row.values.get(system), row.values.get(self.baseline)
+        value = row.values.get(system)
+        base = row.baselines[system] if system in row.baselines else row.values.get(self.baseline)
         if value is None or not base:
             return None
         return round(value / base, 3)

@@ -88,6 +88,9 @@ class RouterConfig(BasePydantic):
     )
     max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
     num_replicas: int = Field(default=1, ge=1)
+    log_requests: bool = Field(
+        default=True, description="One INFO line per request from the router; failed (5xx) requests are logged either way."
+    )
     direct_http_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Each router replica also serves the API on this port itself, without Ray's proxy hop "

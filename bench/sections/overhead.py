@@ -1,7 +1,7 @@
 """overhead: what the serving path costs, with an engine that costs nothing (the fake echo engine).
 
 The same ``FakeEchoEngine`` through the platform (``serve run``: proxy -> router -> model replica), a
-plain single-process FastAPI app (the baseline) and LitServe, at concurrency 1, 16 and 64, JSON and
+plain single-process FastAPI app (the baseline, measured beside each system in turn) and LitServe, at concurrency 1, 16 and 64, JSON and
 SSE (16 chunks per answer): p50/p99 latency, requests/s, time to first chunk, inter-chunk gap.
 Ray Serve's floor (the baseline's handler as one Serve deployment, ``bench/ray_floor_app.py``, under
 the same profile flags) shows how much of the platform's cost any Ray Serve app pays.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from bench.cpu_share import CpuMeter
 from bench.echo import ECHO_BODY, ECHO_CHUNKS
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 CONCURRENCY = (1, 16, 64)
 CPU_CONCURRENCY = 16
 PLATFORM, RAY_FLOOR, LITSERVE, PLAIN = "platform", "Ray Serve floor", "LitServe", "plain FastAPI"
+PLAIN_BESIDE = "plain FastAPI beside each system"  # raw key: the two plain runs around each system, merged
 
 
 @dataclass
@@ -61,26 +62,41 @@ def measure_cpu(target: Target, root_pid: int, settings: RunSettings) -> dict[st
 
 
 def run(settings: RunSettings) -> SectionOutput:
+    """Each system in turn, with plain FastAPI measured before the first and after each (the system
+    under test stopped): a system's ratios use the two plain runs beside it, so the machine's drift
+    between systems cancels out."""
     raw: dict[str, Any] = {}
     cpu: dict[str, dict[str, float]] = {}
-    with Platform([echo_entry()], settings.profile, engine_modules=FAKE_ENGINE_MODULES, label="overhead-platform") as p:
-        url = f"{p.base_url}/v1/infer"
-        raw[PLATFORM] = measure(Target(url, url), settings)
-        cpu[PLATFORM] = measure_cpu(Target(url, url), p.proc.pid, settings)
-    with RayFloor(settings.profile, label="overhead-ray-floor") as f:
-        url = f"{f.base_url}/v1/infer"
-        raw[RAY_FLOOR] = measure(Target(url, url), settings)
-        cpu[RAY_FLOOR] = measure_cpu(Target(url, url), f.proc.pid, settings)
-    with Server("overhead-plain", "bench.plain_app") as s:
-        url = f"{s.base_url}/v1/infer"
-        raw[PLAIN] = measure(Target(url, url), settings)
-        cpu[PLAIN] = measure_cpu(Target(url, url), s.proc.pid, settings)
-    with Server("overhead-litserve", "bench.litserve_echo") as s:
-        target = Target(f"{s.base_url}/v1/infer", f"{s.base_url}/v1/infer/stream")
-        raw[LITSERVE] = measure(target, settings)
-        cpu[LITSERVE] = measure_cpu(target, s.proc.pid, settings)
+    with Server("overhead-plain", "bench.plain_app") as plain:
+        plain_target = Target(f"{plain.base_url}/v1/infer", f"{plain.base_url}/v1/infer")
+        brackets, order = [measure(plain_target, settings)], []
+        for name, start, stream_path in _systems(settings):
+            order.append(name)
+            with start() as server:
+                target = Target(f"{server.base_url}/v1/infer", f"{server.base_url}{stream_path}")
+                raw[name] = measure(target, settings)
+                cpu[name] = measure_cpu(target, server.proc.pid, settings)
+            brackets.append(measure(plain_target, settings))
+        cpu[PLAIN] = measure_cpu(plain_target, plain.proc.pid, settings)
+    raw[PLAIN] = _merge(brackets)
+    raw[PLAIN_BESIDE] = {name: _merge(brackets[i:i + 2]) for i, name in enumerate(order)}
     raw["cpu_ms_per_request"] = cpu
     return [build_table(raw), build_cpu_table(cpu)], raw
+
+
+def _systems(settings: RunSettings) -> list[tuple[str, Callable[[], Any], str]]:
+    """(name, launcher factory, stream path): LitServe serves streams on a path of its own."""
+    return [
+        (PLATFORM, lambda: Platform([echo_entry()], settings.profile, engine_modules=FAKE_ENGINE_MODULES,
+                                    label="overhead-platform"), "/v1/infer"),
+        (RAY_FLOOR, lambda: RayFloor(settings.profile, label="overhead-ray-floor"), "/v1/infer"),
+        (LITSERVE, lambda: Server("overhead-litserve", "bench.litserve_echo"), "/v1/infer/stream"),
+    ]
+
+
+def _merge(measurements: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per measurement key (``c1``, ``c16_stream``, ...), the field-wise median over several measurements."""
+    return {key: median_runs([m[key] for m in measurements]) for key in measurements[0]}
 
 
 def build_cpu_table(cpu: dict[str, dict[str, float]]) -> Table:
@@ -109,13 +125,20 @@ ROWS = [  # (label, key in raw, field, in the chart at concurrency 1 / at every 
 
 def build_table(raw: dict[str, Any]) -> Table:
     systems = [s for s in (PLATFORM, RAY_FLOOR, LITSERVE, PLAIN) if s in raw]
+    beside = raw.get(PLAIN_BESIDE, {})
     table = Table(f"Echo engine (no model work): {' vs '.join(systems)}", systems, PLAIN)
     for c in CONCURRENCY:
         for label, suffix, field, chart in ROWS:
-            values = {s: raw[s][f"c{c}{suffix}"][field] for s in systems}
-            table.add(f"c={c} {label}", values, key=chart == "all" or (chart == "c1" and c == 1))
+            key = f"c{c}{suffix}"
+            values = {s: raw[s][key][field] for s in systems}
+            baselines = {s: beside[s][key][field] for s in beside if s in systems}
+            table.add(f"c={c} {label}", values, key=chart == "all" or (chart == "c1" and c == 1), baselines=baselines)
     table.notes.append(f"Each streamed answer is {ECHO_CHUNKS} SSE events plus a final one, with no delay in the engine; "
                        "inter-chunk gap = per stream (last event - first event) / (events - 1), median over streams.")
+    if beside:
+        table.notes.append("Plain FastAPI is measured before the first system and after each one (with that system stopped); "
+                           "each ratio divides by the mean of the two plain runs beside the system, so the machine's "
+                           "drift between systems cancels. The plain FastAPI column is the median of all its runs.")
     failures = {f"{s} {k}": v["failures"] for s in systems for k, v in raw[s].items() if v.get("failures")}
     if failures:
         table.notes.append(f"Failed requests (median per run): {failures}")

@@ -72,7 +72,7 @@ class MultiModelRouter(OpenAIRoutes):
         counts = ReplicaCounts(current_app_name(), timeout_s=self.config.discovery_timeout_s)
         self.directory = ModelDirectory(entries, backends, self.config.discovery_timeout_s, counts)
         settings.configure(self.config, load_api_keys(self.config.api_keys_env))
-        self.metrics = RouterMetrics()
+        self.metrics = RouterMetrics(self.config.log_requests)
         self.direct_listener = await self._start_direct_listener()
         for entry in self.directory.entries.values():
             logger.info("registered model %s (%s) on deployment %s", entry.model_id, entry.type, entry.deployment)
@@ -127,6 +127,8 @@ class MultiModelRouter(OpenAIRoutes):
     async def __del__(self) -> None:
         if getattr(self, "direct_listener", None) is not None:
             await self.direct_listener.stop()
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.flush()
         if self.in_router is not None:
             await self.in_router.__del__()
 

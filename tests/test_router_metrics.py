@@ -1,0 +1,77 @@
+"""The router's per-request bookkeeping: counters summed per flush, histograms per request, the log switch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from serve.router import metrics as router_metrics
+from serve.router.metrics import RequestRecord, RouterMetrics
+
+
+class RecordingMetric:
+    """Stands in for a Ray metric: remembers what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, dict[str, str]]] = []
+
+    def inc(self, amount: float, tags: dict[str, str]) -> None:
+        self.calls.append((amount, tags))
+
+    observe = inc
+
+
+def recording_metrics(log_requests: bool) -> RouterMetrics:
+    metrics = RouterMetrics(log_requests)
+    for name in ("requests", "latency", "first_chunk", "output_tokens", "rejected"):
+        setattr(metrics, name, RecordingMetric())
+    return metrics
+
+
+def finished(status: int = 200, tokens: int = 0, streamed: bool = False) -> RequestRecord:
+    record = RequestRecord("rid", "echo", "/v1/infer", status=status, streamed=streamed)
+    record.on_chunk({"usage": {"completion_tokens": tokens}} if tokens else {})
+    return record
+
+
+def test_counters_are_summed_and_handed_over_once_per_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_metrics, "FLUSH_INTERVAL_S", 0.05)
+
+    async def scenario() -> RouterMetrics:
+        metrics = recording_metrics(log_requests=True)
+        for _ in range(4):
+            finished(tokens=3).report(metrics)
+        finished(status=503).report(metrics)
+        assert metrics.requests.calls == []  # not yet: summed until the flush
+        assert len(metrics.latency.calls) == 5  # each latency is observed at once
+        await asyncio.sleep(0.2)
+        return metrics
+
+    metrics = asyncio.run(scenario())
+    assert sorted(metrics.requests.calls, key=lambda c: c[1]["status"]) == [
+        (4, {"model": "echo", "endpoint": "/v1/infer", "status": "200"}),
+        (1, {"model": "echo", "endpoint": "/v1/infer", "status": "503"}),
+    ]
+    assert metrics.output_tokens.calls == [(12, {"model": "echo"})]
+    assert metrics.first_chunk.calls == []  # merged answers: no time to first chunk
+
+
+def test_time_to_first_chunk_is_recorded_for_streams() -> None:
+    metrics = recording_metrics(log_requests=False)
+    finished(streamed=True).report(metrics)
+    assert [tags for _, tags in metrics.first_chunk.calls] == [{"model": "echo", "endpoint": "/v1/infer"}]
+    metrics.flush()
+    assert metrics.requests.calls[0][0] == 1
+
+
+def test_log_switch_keeps_failures(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="serve.router.requests")
+    quiet, chatty = recording_metrics(log_requests=False), recording_metrics(log_requests=True)
+    finished().report(quiet)
+    finished(status=500).report(quiet)
+    finished().report(chatty)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == [logging.WARNING, logging.INFO]
+    assert "status=500" in lines[0][1] and "status=200" in lines[1][1]
