@@ -5,8 +5,10 @@ replica. With these flags an HAProxy process owns the HTTP port and forwards str
 router replicas' own HTTP servers (direct ingress), user code runs on the replica's event loop
 instead of a second thread, and the router calls model deployments over gRPC. These are the
 flags of Ray's own ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` mode plus HAProxy, minus its silencing of
-replica logs. Measured in ``bench/README.md``: 3.5-8x lower latency at concurrency 1
-than Ray's defaults, within 0.7 ms of an empty Serve app for ``in_router`` models.
+replica logs. Measured in ``bench/README.md``: 3.5-10x lower latency at concurrency 1
+than Ray's defaults, within 0.7 ms of an empty Serve app for ``in_router`` models. The router's
+own listener (``router_config.direct_http_port``, ``serve/router/direct_http.py``) skips even
+HAProxy's hop.
 
 The flags are read by every Ray process at start, so they only work as environment variables
 of the cluster: ``build_app`` sets them when it runs inside ``serve run`` before Ray starts
