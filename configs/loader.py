@@ -70,7 +70,11 @@ def load_app_config(args: dict[str, Any] | AppArgs, default_path: str) -> Loaded
     file_args = _parse(AppArgs, app_args_from_document(doc, str(path)), str(path), "args")
     if file_args.llm_configs is None:
         raise ConfigError(str(path), ["no 'llm_configs' list found"])
-    merged = file_args.model_copy(update={"engine_modules": [*file_args.engine_modules, *app_args.engine_modules]})
+    # settings given beside config_path (a Serve config's args:) refine the file's instead of vanishing
+    merged = file_args.model_copy(update={
+        "engine_modules": [*file_args.engine_modules, *app_args.engine_modules],
+        "router_config": {**file_args.router_config, **app_args.router_config},
+    })
     return validate_app_args(merged, source=str(path), base_dir=path.resolve().parent)
 
 

@@ -59,6 +59,15 @@ def test_config_path_arg_selects_the_file(tmp_path: Path) -> None:
     assert load_app_config({"config_path": str(path)}, default_path="nope.yaml").models[0].model_id == "picked"
 
 
+def test_router_config_beside_config_path_overrides_the_files(tmp_path: Path) -> None:
+    path = write_config(tmp_path, [entry("picked")], router_config={"request_timeout_s": 5, "num_cpus": 0.2})
+    args = {"config_path": str(path), "router_config": {"direct_http_port": 8001, "num_cpus": 0.5}}
+    router = load_app_config(args, default_path="nope.yaml").router
+    assert (router.direct_http_port, router.num_cpus, router.request_timeout_s) == (8001, 0.5, 5)
+    with pytest.raises(ConfigError, match=r"router_config.*direct_http_port"):
+        load_app_config({**args, "router_config": {"direct_http_port": 0}}, default_path="nope.yaml")
+
+
 def test_missing_file(tmp_path: Path) -> None:
     assert "file not found" in load_error(tmp_path / "absent.yaml")
 
