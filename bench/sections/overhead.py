@@ -1,8 +1,9 @@
 """overhead: what the serving path costs, with an engine that costs nothing (the fake echo engine).
 
 The same ``FakeEchoEngine`` through the platform (``serve run``: proxy -> router -> model replica), a
-plain single-process FastAPI app (the baseline, measured beside each system in turn) and LitServe, at concurrency 1, 16 and 64, JSON and
-SSE (16 chunks per answer): p50/p99 latency, requests/s, time to first chunk, inter-chunk gap.
+plain single-process FastAPI app (the baseline, measured beside each system in turn) and LitServe, at
+concurrency 1, 16 and 64, JSON and SSE (16 chunks per answer): p50/p99 latency, requests/s, time to
+first chunk, inter-chunk gap.
 Ray Serve's floor (the baseline's handler as one Serve deployment, ``bench/ray_floor_app.py``, under
 the same profile flags) shows how much of the platform's cost any Ray Serve app pays.
 """

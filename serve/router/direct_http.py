@@ -25,6 +25,7 @@ import uvicorn
 
 from common.errors import OverloadedError
 from serve.router.http_errors import error_response
+from serve.router.middleware import echo_client_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class DirectIngress:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _echo_request_id(scope, send)
+        send = echo_client_request_id(scope, send)
         if self.in_flight >= self.limit:
             err = OverloadedError(f"the router has {self.limit} requests in flight (max_ongoing_requests); retry later")
             await error_response(err.status_code, err.to_dict(), err.headers())(scope, receive, send)
@@ -86,22 +87,6 @@ class DirectIngress:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
-
-
-def _echo_request_id(scope: dict[str, Any], send: Any) -> Any:
-    """The router sets the header only on ids it made up (Ray's proxy echoes the client's own)."""
-    incoming = next((v for k, v in scope.get("headers") or () if k == b"x-request-id"), None)
-    if incoming is None:
-        return send
-
-    async def send_with_id(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers") or [])
-            if not any(k.lower() == b"x-request-id" for k, _ in headers):
-                message["headers"] = [*headers, (b"x-request-id", incoming)]
-        await send(message)
-
-    return send_with_id
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:

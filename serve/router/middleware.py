@@ -53,6 +53,13 @@ class RequestContextMiddleware:
         await self.app(scope, _limited(receive, limit) if limit else receive, send)
 
 
+def echo_client_request_id(scope: Scope, send: Send) -> Send:
+    """Echo a client's own x-request-id on the response, as Ray's proxy does on its port (for a
+    listener without Ray's proxy in front); ids the router makes up are set by the middleware above."""
+    incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"")
+    return _with_header(send, b"x-request-id", incoming) if _SAFE_REQUEST_ID.match(incoming.decode("latin-1")) else send
+
+
 def _limited(receive: Receive, limit: int) -> Receive:
     """Count body bytes as they arrive (chunked uploads declare no length)."""
     received = 0
