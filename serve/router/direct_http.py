@@ -41,6 +41,7 @@ class DirectHttpListener:
         config = uvicorn.Config(
             # log_config None: the replica's logging is Ray's; the router writes its own request lines
             DirectIngress(app, max_ongoing_requests), log_config=None, log_level="warning", access_log=False, lifespan="off",
+            proxy_headers=False,  # clients connect here directly: X-Forwarded-* from them is not to be trusted
             timeout_graceful_shutdown=max(1, int(drain_timeout_s)),
         )
         self.server = _RayOwnsSignals(config)
