@@ -44,7 +44,8 @@ class Platform:
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        if profile.direct_port and self.uses_direct_port:
+        self.direct = profile.direct_port and self.uses_direct_port
+        if self.direct:
             self.router_config["direct_http_port"] = free_port()
             self.base_url = f"http://127.0.0.1:{self.router_config['direct_http_port']}"
         self.log_path = LOG_DIR / f"{label}-{self.port}.log"
@@ -57,10 +58,13 @@ class Platform:
         args: dict[str, Any] = {"llm_configs": self.entries, "router_config": self.router_config}
         if self.engine_modules:
             args["engine_modules"] = self.engine_modules
-        return {
+        config: dict[str, Any] = {
             "http_options": {"host": "127.0.0.1", "port": self.port},
             "applications": [{"name": "default", "import_path": "vllm_host:build_app", "route_prefix": "/", "args": args}],
         }
+        if self.direct and self.profile.proxy_location:  # clients skip Ray's port: no proxy to run
+            config["proxy_location"] = self.profile.proxy_location
+        return config
 
     def start(self) -> float:
         """Launch and wait until every model is ready; returns the seconds that took."""

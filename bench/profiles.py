@@ -38,6 +38,8 @@ class Profile:
     tweak: Callable[[Entries], Entries] = unchanged  # model entries -> model entries
     router_config: dict[str, Any] = field(default_factory=dict)  # merged over the section's router_config
     direct_port: bool = False  # clients use router_config.direct_http_port (a free port per launch)
+    proxy_location: str | None = None  # the Serve config's proxy_location when clients use the direct port
+
 
     def apply(self, entries: Entries) -> Entries:
         return self.tweak(copy.deepcopy(entries))
@@ -54,6 +56,10 @@ def _fast_ingress_env() -> dict[str, str]:
     return dict(FAST_INGRESS_ENV)
 
 
+# Ray Serve's controller reconciles every 0.1 s and its metrics caches flush every 0.1 s: on a 2-core
+# machine the idle controller and the GCS requests it makes take ~3% of the machine (bench/README.md).
+QUIET_CONTROLLER_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
+
 PROFILES: dict[str, Profile] = {
     # Ray's defaults: Python proxy actor -> router replica -> model replica.
     "default": Profile("default"),
@@ -64,9 +70,10 @@ PROFILES: dict[str, Profile] = {
     # HAProxy -> router replica hosting the engines: the fewest hops and processes.
     "fast": Profile("fast", env=_fast_ingress_env(), tweak=_in_router),
     # Clients on the router replica's own listener (router_config.direct_http_port), engines inside it,
-    # no per-request log line (the plain FastAPI baseline runs uvicorn with access_log=False too).
-    "direct": Profile("direct", env=_fast_ingress_env(), tweak=_in_router, direct_port=True,
-                      router_config={"log_requests": False}),
+    # no per-request log line (the plain FastAPI baseline runs uvicorn with access_log=False too), and
+    # a leaner cluster: no Ray proxy (nothing uses its port) and a quieter controller.
+    "direct": Profile("direct", env={**_fast_ingress_env(), **QUIET_CONTROLLER_ENV}, tweak=_in_router, direct_port=True,
+                      proxy_location="Disabled", router_config={"log_requests": False}),
 }
 
 
