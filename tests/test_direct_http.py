@@ -3,6 +3,7 @@ Ray's proxy hop, with the same contract as Ray's port (answers, streams, errors,
 
 from __future__ import annotations
 
+import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -51,6 +52,31 @@ def test_direct_port_errors_are_json_and_it_keeps_serving(client: httpx.Client, 
 
 
 @INTEGRATION
+def test_direct_port_errors_match_rays_port(client: httpx.Client, direct: httpx.Client) -> None:
+    """``POST /v1/infer`` on the direct port skips FastAPI's routing: its errors must still be the app's."""
+    wait_ready(client, "echo-in-router")
+    cases = [
+        {"json": {"model_id": "echo-in-router", "input": "x", "params": {"repeat": 0}}},
+        {"json": {"model_id": "nope", "input": "x"}},
+        {"json": {"model_id": "echo-in-router"}},
+        {"json": ["not", "an", "object"]},
+        {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        {"json": {"model_id": "echo-in-router", "input": "a b c", "params": {"fail_after": 1}}},  # engine fails: 500
+    ]
+    for case in cases:
+        via_ray, via_direct = client.post("/v1/infer", **case), direct.post("/v1/infer", **case)
+        assert via_direct.status_code == via_ray.status_code >= 400, case
+        assert _without_request_id(via_direct.json()) == _without_request_id(via_ray.json()), case
+        assert via_direct.headers["x-request-id"]
+
+
+def _without_request_id(body: dict) -> dict:
+    """500 messages name the request id, which differs between two requests."""
+    error = body["error"]
+    return {**error, "message": error["message"].split(" (request id")[0]}
+
+
+@INTEGRATION
 def test_direct_port_keeps_api_keys_and_body_limit(secure_app: str, direct_ports: dict[str, int]) -> None:
     base, body = f"http://127.0.0.1:{direct_ports['secure']}", {"model_id": "echo", "input": "hi"}
     assert_error(httpx.post(f"{base}/v1/infer", json=body), 401)
@@ -59,6 +85,8 @@ def test_direct_port_keeps_api_keys_and_body_limit(secure_app: str, direct_ports
     assert httpx.get(f"{base}/v1/health").status_code == 200  # open path
     big = {"model_id": "echo", "input": "x" * 5000}
     assert_error(httpx.post(f"{base}/v1/infer", json=big, headers=headers), 413)
+    chunked = iter([json.dumps(big).encode()])  # no content-length: the limit counts bytes as they arrive
+    assert_error(httpx.post(f"{base}/v1/infer", content=chunked, headers={**headers, "content-type": "application/json"}), 413)
 
 
 @INTEGRATION

@@ -36,11 +36,12 @@ START_TIMEOUT_S = 10.0
 class DirectHttpListener:
     """One uvicorn server on the replica's running event loop; ``start`` then ``stop``."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, max_ongoing_requests: int, drain_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, max_ongoing_requests: int, drain_timeout_s: float,
+                 fast_routes: dict[tuple[str, str], ASGIApp] | None = None) -> None:
         self.host, self.port, self.drain_timeout_s = host, port, drain_timeout_s
         config = uvicorn.Config(
             # log_config None: the replica's logging is Ray's; the router writes its own request lines
-            DirectIngress(app, max_ongoing_requests), log_config=None, log_level="warning", access_log=False, lifespan="off",
+            DirectIngress(app, max_ongoing_requests, fast_routes), log_config=None, log_level="warning", access_log=False, lifespan="off",
             proxy_headers=False,  # clients connect here directly: X-Forwarded-* from them is not to be trusted
             timeout_graceful_shutdown=max(1, int(drain_timeout_s)),
         )
@@ -69,10 +70,14 @@ class DirectHttpListener:
 
 class DirectIngress:
     """ASGI wrapper for what Ray's proxy does on its port: at most ``limit`` HTTP requests at once
-    (``max_ongoing_requests``; a JSON 503 beyond), and a client's ``x-request-id`` echoed back."""
+    (``max_ongoing_requests``; a JSON 503 beyond), and a client's ``x-request-id`` echoed back.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    ``fast_routes`` maps ``(method, path)`` to an ASGI app that serves that exact route instead of ``app``
+    (the router's ``/v1/infer`` handler behind its own middleware, without FastAPI's routing around it)."""
+
+    def __init__(self, app: ASGIApp, limit: int, fast_routes: dict[tuple[str, str], ASGIApp] | None = None) -> None:
         self.app, self.limit, self.in_flight = app, limit, 0
+        self.fast_routes = fast_routes or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -85,7 +90,7 @@ class DirectIngress:
             return
         self.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await self.fast_routes.get((scope["method"], scope["path"]), self.app)(scope, receive, send)
         finally:
             self.in_flight -= 1
 

@@ -37,21 +37,23 @@ def validation_error_body(exc: RequestValidationError | ValidationError) -> dict
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServingError)
-    async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+    for exc_type in (ServingError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, _handler)
+
+
+async def _handler(request: Request, exc: Exception) -> JSONResponse:
+    return response_for_exception(request.scope, exc)
+
+
+def response_for_exception(scope: dict[str, Any], exc: Exception) -> JSONResponse:
+    """The JSON error for anything a request handler raises (also used where no FastAPI app runs the handler)."""
+    if isinstance(exc, ServingError):
         return error_response(exc.status_code, exc.to_dict(), exc.headers() or None)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
         return error_response(400, validation_error_body(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, StarletteHTTPException):
         error_type = _STATUS_TYPES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, {"type": error_type, "message": str(exc.detail)}, getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.scope.get("state", {}).get("request_id", "")
-        logger.exception("unhandled error in request %s", request_id)
-        return error_response(500, {"type": "internal_error", "message": f"internal error (request id {request_id})"})
+    request_id = scope.get("state", {}).get("request_id", "")
+    logger.error("unhandled error in request %s", request_id, exc_info=exc)
+    return error_response(500, {"type": "internal_error", "message": f"internal error (request id {request_id})"})

@@ -28,7 +28,7 @@ from configs.server_models import RouterConfig
 from serve.deployments.multi_model_deployment import MultiModelDeployment
 from serve.router.backends import InProcessBackend, ModelBackend, RemoteBackend
 from serve.router.direct_http import DirectHttpListener
-from serve.router.http_errors import install_error_handlers
+from serve.router.http_errors import install_error_handlers, response_for_exception
 from serve.router.auth import ApiKeyMiddleware, load_api_keys
 from serve.router.metrics import RequestRecord, RouterMetrics
 from serve.router import settings
@@ -47,10 +47,10 @@ router_app = FastAPI(
     description="One API for every model in model_config.yaml: POST /v1/infer, GET /v1/models, GET /v1/health.",
     version="0.1.0",
 )
-# Added innermost first: CORS answers preflights, then request ids and body limits, then API keys.
-router_app.add_middleware(ApiKeyMiddleware)
-router_app.add_middleware(RequestContextMiddleware)
-router_app.add_middleware(ConfiguredCORSMiddleware)
+# Innermost first: CORS answers preflights, then request ids and body limits, then API keys.
+ROUTER_MIDDLEWARE = (ApiKeyMiddleware, RequestContextMiddleware, ConfiguredCORSMiddleware)
+for _middleware in ROUTER_MIDDLEWARE:
+    router_app.add_middleware(_middleware)
 install_error_handlers(router_app)
 router_app.include_router(openai_router)
 
@@ -81,6 +81,9 @@ class MultiModelRouter(OpenAIRoutes):
                      responses=ERROR_RESPONSES)
     async def infer(self, request: Request) -> Response:
         """Run any model: text or chat messages for LLMs, media for audio/vision/video models."""
+        return await self._infer(request)
+
+    async def _infer(self, request: Request) -> Response:
         body = await parse_json_body(request, InferRequest)
         entry = self.directory.get(body.model_id)  # 404 before any work
         payload = {
@@ -136,9 +139,19 @@ class MultiModelRouter(OpenAIRoutes):
         if self.config.direct_http_port is None:
             return None
         listener = DirectHttpListener(router_app, self.config.direct_http_host, self.config.direct_http_port,
-                                      self.config.max_ongoing_requests, self.config.request_timeout_s)
+                                      self.config.max_ongoing_requests, self.config.request_timeout_s,
+                                      fast_routes={("POST", endpoints.INFER): _with_router_middleware(self._infer_asgi)})
         await listener.start()
         return listener
+
+    async def _infer_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``POST /v1/infer`` on the direct port: the route's own handler, without FastAPI's routing,
+        dependency and exception machinery around it (most of the router's cost on a light model)."""
+        try:
+            response = await self._infer(Request(scope, receive))
+        except Exception as exc:  # noqa: BLE001 - answered like the app's exception handlers answer it
+            response = response_for_exception(scope, exc)
+        await response(scope, receive, send)
 
     # -- request plumbing -----------------------------------------------------------------
     async def _stream(self, payload: dict[str, Any], endpoint: str) -> AsyncIterator[dict[str, Any]]:
@@ -182,6 +195,13 @@ class MultiModelRouter(OpenAIRoutes):
                 with contextlib.suppress(Exception):
                     response.cancel()
             record.report(self.metrics)
+
+
+def _with_router_middleware(app: Any) -> Any:
+    """``app`` behind the same API-key, request-id, body-limit and CORS middleware as ``router_app``."""
+    for middleware in ROUTER_MIDDLEWARE:
+        app = middleware(app)
+    return app
 
 
 async def _with_first(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]] | None) -> AsyncIterator[dict[str, Any]]:
