@@ -84,6 +84,7 @@ class MultiModelRouter(OpenAIRoutes):
         return await self._infer(request)
 
     async def _infer(self, request: Request) -> Response:
+        """The handler of ``/v1/infer``, for the FastAPI route and the direct port's fast path alike."""
         body = await parse_json_body(request, InferRequest)
         entry = self.directory.get(body.model_id)  # 404 before any work
         payload = {
