@@ -40,7 +40,6 @@ class Profile:
     direct_port: bool = False  # clients use router_config.direct_http_port (a free port per launch)
     proxy_location: str | None = None  # the Serve config's proxy_location when clients use the direct port
 
-
     def apply(self, entries: Entries) -> Entries:
         return self.tweak(copy.deepcopy(entries))
 

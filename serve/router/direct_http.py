@@ -4,8 +4,8 @@ Through Ray Serve a request reaches the router via a proxy (Ray's Python proxy a
 with fast ingress): one more process and loopback hop per request. With ``direct_http_port`` set,
 every router replica also serves the same FastAPI app (same routes and middleware: API keys, body
 limits, CORS, request ids) on that port, with uvicorn on the replica's event loop. Routes given as
-``fast_routes`` (the router's ``POST /v1/infer``) skip FastAPI's routing and dependency layers there. ``SO_REUSEPORT``
-lets the router replicas of a node share the port; the kernel spreads connections over them.
+``fast_routes`` (the router's ``POST /v1/infer``) skip FastAPI's routing and dependency layers there.
+``SO_REUSEPORT`` lets the router replicas of a node share the port; the kernel spreads connections over them.
 
 Requests on this port are outside Ray Serve's request accounting: its HTTP metrics, the router's
 ``max_ongoing_requests``, router autoscaling and replica draining do not see them. So the listener
