@@ -1,4 +1,4 @@
-"""CPU time each process of a server spends per request: which process (which hop) costs what.
+"""CPU time each process of a server spends per request or per second: which process (which hop) costs what.
 
 Read from ``/proc/<pid>/stat`` before and after a load run, for every process of the server's
 process tree (Ray's daemons, proxy, HAProxy, replicas) and for this process (the load generator).
@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 from bench.processes import own_processes
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+MACHINE_OTHER = "(machine) other processes"
+MACHINE_IDLE = "(machine) idle"
+MACHINE_STOLEN = "(machine) stolen by the hypervisor"
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -21,6 +25,12 @@ def _cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+
+def _machine_ticks() -> dict[str, int]:
+    """The whole machine's CPU time from ``/proc/stat`` (all CPUs), in clock ticks."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
 
 
 def process_label(pid: int) -> str:
@@ -51,28 +61,48 @@ def process_label(pid: int) -> str:
 
 
 class CpuMeter:
-    """``with CpuMeter(root_pid) as meter: <load>``; then ``meter.per_request_ms(n)``."""
+    """``with CpuMeter(root_pid) as meter: <load>``; then ``meter.per_request_ms(n)`` or ``meter.per_second_ms()``.
 
-    def __init__(self, root_pid: int) -> None:
+    ``self_label`` names this process's share (the load generator, unless the engine runs here too).
+    """
+
+    def __init__(self, root_pid: int, self_label: str = "load generator") -> None:
         self.root_pid = root_pid
+        self.self_label = self_label
         self.before: dict[int, float] = {}
         self.after: dict[int, float] = {}
+        self.seconds = 0.0
+        self.machine_before: dict[str, int] = {}
+        self.machine_after: dict[str, int] = {}
 
     def _snapshot(self) -> dict[int, float]:
         pids = [*own_processes(self.root_pid), self.root_pid, os.getpid()]
         return {pid: cpu for pid in pids if (cpu := _cpu_seconds(pid)) is not None}
 
     def __enter__(self) -> CpuMeter:
-        self.before = self._snapshot()
+        self.before, self.machine_before = self._snapshot(), _machine_ticks()
+        self.seconds = -time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.after = self._snapshot()
+        self.seconds += time.perf_counter()
+        self.after, self.machine_after = self._snapshot(), _machine_ticks()
 
     def per_request_ms(self, requests: int, floor_ms: float = 0.005) -> dict[str, float]:
         """CPU ms per request by process label (processes under ``floor_ms`` left out)."""
+        return self._ms_by_label(requests, floor_ms)
+
+    def per_second_ms(self, floor_ms: float = 0.5) -> dict[str, float]:
+        """CPU ms per wall-clock second by process label (1000 is one CPU kept busy), and where the rest of
+        the machine's CPU time went: other processes, idle, and time the hypervisor gave to other guests."""
+        out = self._ms_by_label(self.seconds, floor_ms)
+        machine = {k: (self.machine_after[k] - self.machine_before[k]) * 1000 / _TICKS / self.seconds for k in self.machine_after}
+        extra = {MACHINE_OTHER: machine["busy"] - sum(out.values()), MACHINE_IDLE: machine["idle"], MACHINE_STOLEN: machine["steal"]}
+        return {**out, **{k: round(max(v, 0.0), 3) for k, v in extra.items()}}
+
+    def _ms_by_label(self, divisor: float, floor_ms: float) -> dict[str, float]:
         out: dict[str, float] = {}
         for pid, cpu in self.after.items():
-            label = "load generator" if pid == os.getpid() else process_label(pid)
-            out[label] = out.get(label, 0.0) + (cpu - self.before.get(pid, cpu)) * 1000 / requests
+            label = self.self_label if pid == os.getpid() else process_label(pid)
+            out[label] = out.get(label, 0.0) + (cpu - self.before.get(pid, cpu)) * 1000 / divisor
         return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= floor_ms}

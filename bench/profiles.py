@@ -21,7 +21,7 @@ serving paths, not engine settings; platform-only keys (``in_router``) do not ch
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 Entries = list[dict[str, Any]]
@@ -49,6 +49,12 @@ def _in_router(entries: Entries) -> Entries:
     return [{**{k: v for k, v in e.items() if k != "deployment_config"}, "in_router": True} for e in entries]
 
 
+def _in_router_spare_core(entries: Entries) -> Entries:
+    """As ``_in_router``, with one torch thread per TRANSFORMERS engine: on 2 CPUs, one is left to Ray."""
+    return [{**e, "engine_kwargs": {**e.get("engine_kwargs", {}), "num_threads": 1}}
+            if e["model_loading_config"]["type"] == "TRANSFORMERS" else e for e in _in_router(entries)]
+
+
 def _fast_ingress_env() -> dict[str, str]:
     from serve.fast_ingress import FAST_INGRESS_ENV
 
@@ -74,6 +80,9 @@ PROFILES: dict[str, Profile] = {
     "direct": Profile("direct", env={**_fast_ingress_env(), **QUIET_CONTROLLER_ENV}, tweak=_in_router, direct_port=True,
                       proxy_location="Disabled", router_config={"log_requests": False}),
 }
+# `direct` with the LLM engine on one torch thread, so that Ray's processes and the serving path have a
+# CPU of their own: what the platform costs when the engine does not need every CPU.
+PROFILES["direct-spare-core"] = replace(PROFILES["direct"], name="direct-spare-core", tweak=_in_router_spare_core)
 
 
 def get_profile(name: str) -> Profile:

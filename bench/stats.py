@@ -25,3 +25,9 @@ def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
         out[key] = round(statistics.median(values), 3) if values else runs[0][key]
     return out
+
+
+def merge_measurements(measurements: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per measurement key (``c1``, ``c16_stream``, ...), the field-wise median over several measurements
+    of one system (the baseline runs before and after another system, say)."""
+    return {key: median_runs([m[key] for m in measurements if key in m]) for key in measurements[0]}

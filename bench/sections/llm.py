@@ -6,17 +6,22 @@ platform's ``TransformersEngine`` called in-process (the baseline: same engine c
 HF ``generate`` on a batch of 8 in-process is a reference row, and so is the in-process engine measured
 while the platform runs beside it (runs alternating with platform runs): the paired ratio is the serving
 path's share of the gap, the rest is what the Ray cluster's background processes take from the engine.
+During the 8-stream runs of the platform and of the in-process engine, the CPU each process used is
+read from ``/proc`` (``bench.cpu_share``): where the machine's two CPUs went.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
+import os
 import statistics
-from typing import Any
+from typing import Any, Callable
 
+from bench.cpu_share import MACHINE_IDLE, MACHINE_OTHER, MACHINE_STOLEN, CpuMeter
 from bench.hf_llm import generate_tok_s, load_causal_lm
 from bench.inprocess import InProcessModel
 from bench.launcher import Platform
@@ -24,7 +29,7 @@ from bench.loadgen import session, sse_chunks
 from bench.models import LLM_ID, demo_router_config, llm_entry
 from bench.processes import Server
 from bench.settings import RunSettings, SectionOutput
-from bench.stats import median_runs
+from bench.stats import median_runs, merge_measurements
 from bench.streams import StreamOpener, concurrent_streams, late_joiner, timed_stream
 from bench.table import Table
 
@@ -36,17 +41,29 @@ LATE_RUNNING = 8
 BESIDE_CONCURRENCY = (1, 8)
 PLATFORM, LITSERVE, INPROC, GENERATE = "platform", "LitServe", "in-process engine", "HF generate"
 BESIDE = "in-process engine, Ray cluster up"
+CPU_KEY = f"cpu_ms_per_s_c{LATE_RUNNING}"
+IN_THIS_PROCESS = "bench process (engine + load generator)"
+INPROC_BESIDE = "in-process engine beside each system"  # raw key: the two baseline runs around a system, merged
+INPROC_RUNS = "in-process engine runs"  # raw key: before the platform, between it and LitServe, after LitServe
 
 
 def params(settings: RunSettings) -> dict[str, Any]:
     return {"max_tokens": settings.size(8, 64), "temperature": 0}
 
 
-async def measure_streams(open_stream: StreamOpener, settings: RunSettings) -> dict[str, Any]:
+async def measure_streams(open_stream: StreamOpener, settings: RunSettings,
+                          cpu_meter: Callable[[], CpuMeter] | None = None) -> dict[str, Any]:
+    """Every figure of one system; ``cpu_meter`` (if given) watches its CPU use during the 8-stream runs."""
     await timed_stream(open_stream)  # warm-up
     out: dict[str, Any] = {}
     for c in CONCURRENCY:
-        out[f"c{c}"] = median_runs([await concurrent_streams(open_stream, c) for _ in range(settings.repeats)])
+        if c == LATE_RUNNING and cpu_meter is not None:
+            with cpu_meter() as meter:
+                runs = [await concurrent_streams(open_stream, c) for _ in range(settings.repeats)]
+            out[CPU_KEY] = meter.per_second_ms()
+        else:
+            runs = [await concurrent_streams(open_stream, c) for _ in range(settings.repeats)]
+        out[f"c{c}"] = median_runs(runs)
         logger.info("%d streams: %s", c, out[f"c{c}"])
     out["late"] = median_runs([await late_joiner(open_stream, LATE_RUNNING) for _ in range(settings.repeats)])
     logger.info("late joiner: %s", out["late"])
@@ -59,10 +76,13 @@ def http_opener(client: Any, url: str, settings: RunSettings) -> StreamOpener:
     return lambda: sse_chunks(client, url, body)
 
 
-def measure_http(url: str, settings: RunSettings) -> dict[str, Any]:
+def measure_http(url: str, settings: RunSettings, root_pid: int | None = None) -> dict[str, Any]:
+    """Through HTTP; with ``root_pid``, the CPU of that server's processes during the 8-stream runs."""
+    meter = None if root_pid is None else functools.partial(CpuMeter, root_pid)
+
     async def go() -> dict[str, Any]:
         async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
-            return await measure_streams(http_opener(client, url, settings), settings)
+            return await measure_streams(http_opener(client, url, settings), settings, meter)
 
     return asyncio.run(go())
 
@@ -70,7 +90,8 @@ def measure_http(url: str, settings: RunSettings) -> dict[str, Any]:
 def measure_inprocess(entry: dict[str, Any], settings: RunSettings) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         async with InProcessModel(entry) as model:
-            return await measure_streams(model.opener(PROMPT, params(settings)), settings)
+            meter = functools.partial(CpuMeter, os.getpid(), self_label=IN_THIS_PROCESS)
+            return await measure_streams(model.opener(PROMPT, params(settings)), settings, meter)
 
     return asyncio.run(go())
 
@@ -106,19 +127,30 @@ def measure_generate(entry: dict[str, Any], settings: RunSettings) -> dict[str, 
 
 
 def run(settings: RunSettings) -> SectionOutput:
+    """The in-process engine is measured before the platform, between the platform and LitServe, and
+    after LitServe: each system's ratios use the two baseline runs beside it, so the machine's drift
+    between systems cancels out (as in the overhead section)."""
     entry = settings.profile.apply([llm_entry()])[0]
     raw: dict[str, Any] = {"params": params(settings), "prompt": PROMPT}
+    brackets = [measure_inprocess(entry, settings)]
+    gc.collect()
     with Platform([llm_entry()], settings.profile, router_config=demo_router_config(), label="llm-platform") as p:
-        raw[PLATFORM] = measure_http(f"{p.base_url}/v1/infer", settings)
+        raw[PLATFORM] = measure_http(f"{p.base_url}/v1/infer", settings, root_pid=p.proc.pid)
         raw[BESIDE] = measure_beside(entry, f"{p.base_url}/v1/infer", settings)
     gc.collect()
-    raw[INPROC] = measure_inprocess(entry, settings)
-    gc.collect()
-    raw[GENERATE] = measure_generate(entry, settings)
+    brackets.append(measure_inprocess(entry, settings))
     gc.collect()
     with Server("llm-litserve", "bench.litserve_llm", ["--entry", json.dumps(entry)]) as s:
         raw[LITSERVE] = measure_http(f"{s.base_url}/v1/infer", settings)
-    return [build_table(raw, settings)], raw
+    brackets.append(measure_inprocess(entry, settings))
+    gc.collect()
+    # last: `generate` runs on this thread, and the OpenMP team it leaves behind would slow any engine
+    # started in this process afterwards (servers/model_thread.py)
+    raw[GENERATE] = measure_generate(entry, settings)
+    raw[INPROC] = merge_measurements(brackets)
+    raw[INPROC_BESIDE] = {PLATFORM: merge_measurements(brackets[:2]), LITSERVE: merge_measurements(brackets[1:])}
+    raw[INPROC_RUNS] = brackets
+    return [build_table(raw, settings), build_cpu_table(raw)], raw
 
 
 def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
@@ -129,22 +161,61 @@ def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
     for c in CONCURRENCY:
         values = {s: _figure(raw, s, c, "tok_s") for s in streaming}
         values[GENERATE] = raw[GENERATE]["tok_s"] if c == LATE_RUNNING else None
-        table.add(f"tokens/s, {c} concurrent stream(s)", values, key=True)
+        table.add(f"tokens/s, {c} concurrent stream(s)", values, key=True, baselines=_baselines(raw, f"c{c}", "tok_s"))
     for c in CONCURRENCY:
-        table.add(f"time to first token p50 (ms), {c} stream(s)", {s: _figure(raw, s, c, "ttft_p50_ms") for s in streaming}, key=c == 1)
+        table.add(f"time to first token p50 (ms), {c} stream(s)", {s: _figure(raw, s, c, "ttft_p50_ms") for s in streaming},
+                  key=c == 1, baselines=_baselines(raw, f"c{c}", "ttft_p50_ms"))
     table.add(f"late joiner TTFT (ms), 1 stream started while {LATE_RUNNING} generate",
-              {s: raw[s]["late"]["late_ttft_ms"] for s in streaming if "late" in raw[s]}, key=True)
+              {s: raw[s]["late"]["late_ttft_ms"] for s in streaming if "late" in raw[s]}, key=True,
+              baselines=_baselines(raw, "late", "late_ttft_ms"))
     table.notes += [
         f"Prompt {PROMPT!r} through the chat template, temperature 0, max_tokens {tokens}; tokens/s = completion tokens "
         "of all streams / wall time from the first request to the last token.",
         f"{GENERATE}: transformers `generate` on a batch of {LATE_RUNNING} copies of the prompt in this process (tokens/s only).",
         "LitServe batches statically (max_batch_size 8, batch_timeout 0.05 s): a request arriving during a batch waits for it.",
+        f"{INPROC} (the baseline) was measured three times: before the platform, between the platform and {LITSERVE}, "
+        f"and after {LITSERVE}; its column is the median of the three. Each system's ratio is against the two runs "
+        f"around it ({PLATFORM} and {BESIDE}: the first two; {GENERATE} and {LITSERVE}: the last two).",
         f"{BESIDE}: the in-process engine measured while the platform (model loaded) runs beside it, each run "
         f"alternating with a platform run. Median of the paired ratios {PLATFORM} / {BESIDE}, tokens/s: " + ", ".join(
             f"{c} stream(s) {_paired(raw, c)}" for c in BESIDE_CONCURRENCY) + " (the serving path's share; the rest of "
         f"the gap to {INPROC} is the Ray cluster's background processes competing with the engine for the CPUs).",
     ]
     return table
+
+
+def build_cpu_table(raw: dict[str, Any]) -> Table:
+    """Where the CPUs went while 8 streams generated: CPU ms per second by process (1000 = one CPU)."""
+    systems = [s for s in (PLATFORM, INPROC) if CPU_KEY in raw[s]]
+    cpu = {s: raw[s][CPU_KEY] for s in systems}
+    table = Table(f"CPU by process while {LATE_RUNNING} streams generate (ms per second, 1000 = one CPU)", systems, INPROC)
+    machine = (MACHINE_OTHER, MACHINE_IDLE, MACHINE_STOLEN)
+    labels = sorted({label for s in systems for label in cpu[s]} - set(machine),
+                    key=lambda l: -max(cpu[s].get(l, 0) for s in systems))
+    for label in labels:
+        table.add(label, {s: cpu[s].get(label) for s in systems})
+    table.add("total, these processes", {s: round(sum(cpu[s].get(l, 0) for l in labels), 1) for s in systems})
+    for label in machine:
+        table.add(label, {s: cpu[s].get(label) for s in systems})
+    table.notes.append(
+        f"From /proc/<pid>/stat (user + system time) over the {LATE_RUNNING}-stream runs; processes under 0.5 ms/s "
+        f"are left out. {PLATFORM}: every process of the `serve run` tree (the engine runs in the router replica) "
+        f"and the load generator; {INPROC}: the bench process, which runs both the engine and the load generator. "
+        "The (machine) rows come from /proc/stat: CPU time of every other process, idle time, and time the "
+        "hypervisor gave to other guests (steal), which is what a slow window on a shared machine looks like. "
+        f"The machine has {os.cpu_count()} CPUs: where the engine's threads fill them, whatever the other processes use "
+        "is taken from the engine."
+    )
+    return table
+
+
+# which pair of in-process baseline runs (raw[INPROC_BESIDE]) each system's ratios use
+_BRACKET = {PLATFORM: PLATFORM, BESIDE: PLATFORM, GENERATE: LITSERVE, LITSERVE: LITSERVE}
+
+
+def _baselines(raw: dict[str, Any], key: str, field: str) -> dict[str, float | None]:
+    beside = raw.get(INPROC_BESIDE)
+    return {s: beside[b].get(key, {}).get(field) for s, b in _BRACKET.items()} if beside else {}
 
 
 def _figure(raw: dict[str, Any], system: str, c: int, field: str) -> float | None:

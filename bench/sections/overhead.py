@@ -22,7 +22,7 @@ from bench.loadgen import run_load
 from bench.models import FAKE_ENGINE_MODULES, echo_entry
 from bench.processes import Server
 from bench.settings import RunSettings, SectionOutput
-from bench.stats import median_runs
+from bench.stats import median_runs, merge_measurements
 from bench.table import Table
 
 logger = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ def run(settings: RunSettings) -> SectionOutput:
                 cpu[name] = measure_cpu(target, server.proc.pid, settings)
             brackets.append(measure(plain_target, settings))
         cpu[PLAIN] = measure_cpu(plain_target, plain.proc.pid, settings)
-    raw[PLAIN] = _merge(brackets)
-    raw[PLAIN_BESIDE] = {name: _merge(brackets[i:i + 2]) for i, name in enumerate(order)}
+    raw[PLAIN] = merge_measurements(brackets)
+    raw[PLAIN_BESIDE] = {name: merge_measurements(brackets[i:i + 2]) for i, name in enumerate(order)}
     raw["cpu_ms_per_request"] = cpu
     return [build_table(raw), build_cpu_table(cpu)], raw
 
@@ -93,11 +93,6 @@ def _systems(settings: RunSettings) -> list[tuple[str, Callable[[], Any], str]]:
         (RAY_FLOOR, lambda: RayFloor(settings.profile, label="overhead-ray-floor"), "/v1/infer"),
         (LITSERVE, lambda: Server("overhead-litserve", "bench.litserve_echo"), "/v1/infer/stream"),
     ]
-
-
-def _merge(measurements: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per measurement key (``c1``, ``c16_stream``, ...), the field-wise median over several measurements."""
-    return {key: median_runs([m[key] for m in measurements]) for key in measurements[0]}
 
 
 def build_cpu_table(cpu: dict[str, dict[str, float]]) -> Table:
