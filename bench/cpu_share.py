@@ -60,6 +60,12 @@ def process_label(pid: int) -> str:
     return Path(args[1] if len(args) > 1 and Path(args[0]).name.startswith("python") else first).name
 
 
+def labels_by_share(cpu: dict[str, dict[str, float]], leave_out: tuple[str, ...] = ()) -> list[str]:
+    """The process labels of several systems' CPU readings (system -> label -> ms), largest share first."""
+    labels = {label for readings in cpu.values() for label in readings} - set(leave_out)
+    return sorted(labels, key=lambda label: -max(readings.get(label, 0) for readings in cpu.values()))
+
+
 class CpuMeter:
     """``with CpuMeter(root_pid) as meter: <load>``; then ``meter.per_request_ms(n)`` or ``meter.per_second_ms()``.
 
@@ -96,8 +102,10 @@ class CpuMeter:
         """CPU ms per wall-clock second by process label (1000 is one CPU kept busy), and where the rest of
         the machine's CPU time went: other processes, idle, and time the hypervisor gave to other guests."""
         out = self._ms_by_label(self.seconds, floor_ms)
-        machine = {k: (self.machine_after[k] - self.machine_before[k]) * 1000 / _TICKS / self.seconds for k in self.machine_after}
-        extra = {MACHINE_OTHER: machine["busy"] - sum(out.values()), MACHINE_IDLE: machine["idle"], MACHINE_STOLEN: machine["steal"]}
+        machine = {k: (self.machine_after[k] - self.machine_before[k]) * 1000 / _TICKS / self.seconds
+                   for k in self.machine_after}
+        extra = {MACHINE_OTHER: machine["busy"] - sum(out.values()), MACHINE_IDLE: machine["idle"],
+                 MACHINE_STOLEN: machine["steal"]}
         return {**out, **{k: round(max(v, 0.0), 3) for k, v in extra.items()}}
 
     def _ms_by_label(self, divisor: float, floor_ms: float) -> dict[str, float]:

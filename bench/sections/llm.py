@@ -13,6 +13,7 @@ read from ``/proc`` (``bench.cpu_share``): where the machine's two CPUs went.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import json
@@ -21,7 +22,7 @@ import os
 import statistics
 from typing import Any, Callable
 
-from bench.cpu_share import MACHINE_IDLE, MACHINE_OTHER, MACHINE_STOLEN, CpuMeter
+from bench.cpu_share import MACHINE_IDLE, MACHINE_OTHER, MACHINE_STOLEN, CpuMeter, labels_by_share
 from bench.hf_llm import generate_tok_s, load_causal_lm
 from bench.inprocess import InProcessModel
 from bench.launcher import Platform
@@ -57,12 +58,11 @@ async def measure_streams(open_stream: StreamOpener, settings: RunSettings,
     await timed_stream(open_stream)  # warm-up
     out: dict[str, Any] = {}
     for c in CONCURRENCY:
-        if c == LATE_RUNNING and cpu_meter is not None:
-            with cpu_meter() as meter:
-                runs = [await concurrent_streams(open_stream, c) for _ in range(settings.repeats)]
-            out[CPU_KEY] = meter.per_second_ms()
-        else:
+        metered = c == LATE_RUNNING and cpu_meter is not None
+        with cpu_meter() if metered else contextlib.nullcontext() as meter:
             runs = [await concurrent_streams(open_stream, c) for _ in range(settings.repeats)]
+        if metered:
+            out[CPU_KEY] = meter.per_second_ms()
         out[f"c{c}"] = median_runs(runs)
         logger.info("%d streams: %s", c, out[f"c{c}"])
     out["late"] = median_runs([await late_joiner(open_stream, LATE_RUNNING) for _ in range(settings.repeats)])
@@ -190,8 +190,7 @@ def build_cpu_table(raw: dict[str, Any]) -> Table:
     cpu = {s: raw[s][CPU_KEY] for s in systems}
     table = Table(f"CPU by process while {LATE_RUNNING} streams generate (ms per second, 1000 = one CPU)", systems, INPROC)
     machine = (MACHINE_OTHER, MACHINE_IDLE, MACHINE_STOLEN)
-    labels = sorted({label for s in systems for label in cpu[s]} - set(machine),
-                    key=lambda l: -max(cpu[s].get(l, 0) for s in systems))
+    labels = labels_by_share(cpu, leave_out=machine)
     for label in labels:
         table.add(label, {s: cpu[s].get(label) for s in systems})
     table.add("total, these processes", {s: round(sum(cpu[s].get(l, 0) for l in labels), 1) for s in systems})

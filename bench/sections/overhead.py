@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bench.cpu_share import CpuMeter
+from bench.cpu_share import CpuMeter, labels_by_share
 from bench.echo import ECHO_BODY, ECHO_CHUNKS
 from bench.launcher import Platform, RayFloor
 from bench.loadgen import run_load
@@ -99,8 +99,7 @@ def build_cpu_table(cpu: dict[str, dict[str, float]]) -> Table:
     """Which process costs what: CPU ms per request by process, and the total."""
     systems = [s for s in (PLATFORM, RAY_FLOOR, LITSERVE, PLAIN) if s in cpu]
     table = Table(f"CPU per request by process (ms), JSON echo at concurrency {CPU_CONCURRENCY}", systems, PLAIN)
-    labels = sorted({label for s in systems for label in cpu[s]}, key=lambda l: -max(cpu[s].get(l, 0) for s in systems))
-    for label in labels:
+    for label in labels_by_share({s: cpu[s] for s in systems}):
         table.add(label, {s: cpu[s].get(label) for s in systems})
     table.add("total, server processes", {s: round(sum(v for k, v in cpu[s].items() if k != "load generator"), 3) for s in systems}, key=True)
     table.notes.append("From /proc/<pid>/stat (user + system time) of every process of each server's process tree "
