@@ -73,7 +73,9 @@ def check_loopback(url: str) -> None:
 
 
 def session(concurrency: int, timeout_s: float = 600) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=max(concurrency, 1))
+    # idle connections dropped after 2 s, before uvicorn's 5 s keep-alive closes them under a request
+    # (a connection left idle while a baseline runs, or across a paused server, would fail its next POST)
+    connector = aiohttp.TCPConnector(limit=max(concurrency, 1), keepalive_timeout=2)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s))
 
 

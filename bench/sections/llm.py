@@ -28,7 +28,7 @@ from bench.inprocess import InProcessModel
 from bench.launcher import Platform
 from bench.loadgen import session, sse_chunks
 from bench.models import LLM_ID, demo_router_config, llm_entry
-from bench.processes import Server
+from bench.processes import Server, paused
 from bench.settings import RunSettings, SectionOutput
 from bench.stats import median_runs, merge_measurements
 from bench.streams import StreamOpener, concurrent_streams, late_joiner, timed_stream
@@ -42,6 +42,7 @@ LATE_RUNNING = 8
 BESIDE_CONCURRENCY = (1, 8)
 PLATFORM, LITSERVE, INPROC, GENERATE = "platform", "LitServe", "in-process engine", "HF generate"
 BESIDE = "in-process engine, Ray cluster up"
+PAUSED = "in-process engine, Ray cluster paused"
 CPU_KEY = f"cpu_ms_per_s_c{LATE_RUNNING}"
 IN_THIS_PROCESS = "bench process (engine + load generator)"
 INPROC_BESIDE = "in-process engine beside each system"  # raw key: the two baseline runs around a system, merged
@@ -96,24 +97,33 @@ def measure_inprocess(entry: dict[str, Any], settings: RunSettings) -> dict[str,
     return asyncio.run(go())
 
 
-def measure_beside(entry: dict[str, Any], url: str, settings: RunSettings) -> dict[str, Any]:
-    """The in-process engine while the platform idles beside it, runs alternating with platform runs.
+def measure_beside(entry: dict[str, Any], url: str, server_pid: int, settings: RunSettings) -> dict[str, dict[str, Any]]:
+    """The in-process engine alternating with platform runs: beside the idle platform, and (8 streams)
+    with every process of the platform paused.
 
-    Both see the same Ray daemons and the same moment of a noisy machine, so the median of the paired
-    ratios (platform / in-process) is the serving path's share of the gap.
+    Each in-process run is seconds from a platform run, on the same moment of a noisy machine, so the
+    median of the paired ratios (platform / in-process) is precise where ratios between runs minutes
+    apart are not. Beside the cluster, it is the serving path's share of the gap; with the cluster
+    paused, it is the platform's whole cost (serving path and Ray's processes).
     """
 
-    async def go() -> dict[str, Any]:
+    async def go() -> dict[str, dict[str, Any]]:
         async with session(max(BESIDE_CONCURRENCY) + 1, timeout_s=3600) as client, InProcessModel(entry) as model:
             local, remote = model.opener(PROMPT, params(settings)), http_opener(client, url, settings)
             await timed_stream(local)  # warm-up
-            out: dict[str, Any] = {}
+            out: dict[str, dict[str, Any]] = {BESIDE: {}, PAUSED: {}}
             for c in BESIDE_CONCURRENCY:
-                runs, ratios = [], []
-                for _ in range(settings.repeats):
-                    runs.append(await concurrent_streams(local, c))
-                    ratios.append((await concurrent_streams(remote, c))["tok_s"] / runs[-1]["tok_s"])
-                out[f"c{c}"] = {**median_runs(runs), "paired_platform_ratio": round(statistics.median(ratios), 3)}
+                runs: dict[str, list[dict[str, Any]]] = {BESIDE: [], PAUSED: [], PLATFORM: []}
+                for i in range(settings.repeats):
+                    order = [BESIDE, PLATFORM] + ([PAUSED] if c == LATE_RUNNING else [])
+                    for system in order[i % len(order):] + order[:i % len(order)]:  # rotated: no system always first
+                        with paused(server_pid) if system == PAUSED else contextlib.nullcontext():
+                            runs[system].append(await concurrent_streams(remote if system == PLATFORM else local, c))
+                for system in (BESIDE, PAUSED):
+                    if runs[system]:
+                        ratios = [p["tok_s"] / r["tok_s"] for p, r in zip(runs[PLATFORM], runs[system])]
+                        out[system][f"c{c}"] = {**median_runs(runs[system]),
+                                                "paired_platform_ratio": round(statistics.median(ratios), 3)}
             return out
 
     return asyncio.run(go())
@@ -136,7 +146,7 @@ def run(settings: RunSettings) -> SectionOutput:
     gc.collect()
     with Platform([llm_entry()], settings.profile, router_config=demo_router_config(), label="llm-platform") as p:
         raw[PLATFORM] = measure_http(f"{p.base_url}/v1/infer", settings, root_pid=p.proc.pid)
-        raw[BESIDE] = measure_beside(entry, f"{p.base_url}/v1/infer", settings)
+        raw.update(measure_beside(entry, f"{p.base_url}/v1/infer", p.proc.pid, settings))
     gc.collect()
     brackets.append(measure_inprocess(entry, settings))
     gc.collect()
@@ -154,10 +164,10 @@ def run(settings: RunSettings) -> SectionOutput:
 
 
 def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
-    systems = [PLATFORM, LITSERVE, GENERATE, BESIDE, INPROC]
+    systems = [PLATFORM, LITSERVE, GENERATE, BESIDE, PAUSED, INPROC]
     tokens = params(settings)["max_tokens"]
     table = Table(f"SmolLM2-135M greedy {tokens}-token streams: {PLATFORM} vs {LITSERVE} vs {INPROC}", systems, INPROC)
-    streaming = [PLATFORM, LITSERVE, BESIDE, INPROC]
+    streaming = [PLATFORM, LITSERVE, BESIDE, PAUSED, INPROC]
     for c in CONCURRENCY:
         values = {s: _figure(raw, s, c, "tok_s") for s in streaming}
         values[GENERATE] = raw[GENERATE]["tok_s"] if c == LATE_RUNNING else None
@@ -166,7 +176,7 @@ def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
         table.add(f"time to first token p50 (ms), {c} stream(s)", {s: _figure(raw, s, c, "ttft_p50_ms") for s in streaming},
                   key=c == 1, baselines=_baselines(raw, f"c{c}", "ttft_p50_ms"))
     table.add(f"late joiner TTFT (ms), 1 stream started while {LATE_RUNNING} generate",
-              {s: raw[s]["late"]["late_ttft_ms"] for s in streaming if "late" in raw[s]}, key=True,
+              {s: raw[s]["late"]["late_ttft_ms"] for s in streaming if "late" in raw.get(s, {})}, key=True,
               baselines=_baselines(raw, "late", "late_ttft_ms"))
     table.notes += [
         f"Prompt {PROMPT!r} through the chat template, temperature 0, max_tokens {tokens}; tokens/s = completion tokens "
@@ -178,8 +188,12 @@ def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
         f"around it ({PLATFORM} and {BESIDE}: the first two; {GENERATE} and {LITSERVE}: the last two).",
         f"{BESIDE}: the in-process engine measured while the platform (model loaded) runs beside it, each run "
         f"alternating with a platform run. Median of the paired ratios {PLATFORM} / {BESIDE}, tokens/s: " + ", ".join(
-            f"{c} stream(s) {_paired(raw, c)}" for c in BESIDE_CONCURRENCY) + " (the serving path's share; the rest of "
+            f"{c} stream(s) {_paired(raw, BESIDE, c)}" for c in BESIDE_CONCURRENCY) + " (the serving path's share; the rest of "
         f"the gap to {INPROC} is the Ray cluster's background processes competing with the engine for the CPUs).",
+        f"{PAUSED}: the in-process engine measured while every process of the platform is stopped (SIGSTOP), each run "
+        f"seconds from a platform run. Median of the paired ratios {PLATFORM} / {PAUSED}, tokens/s, {LATE_RUNNING} streams: "
+        f"{_paired(raw, PAUSED, LATE_RUNNING)} (the platform's whole cost, serving path and Ray's processes, without the "
+        "drift of a noisy machine between runs minutes apart).",
     ]
     return table
 
@@ -209,7 +223,7 @@ def build_cpu_table(raw: dict[str, Any]) -> Table:
 
 
 # which pair of in-process baseline runs (raw[INPROC_BESIDE]) each system's ratios use
-_BRACKET = {PLATFORM: PLATFORM, BESIDE: PLATFORM, GENERATE: LITSERVE, LITSERVE: LITSERVE}
+_BRACKET = {PLATFORM: PLATFORM, BESIDE: PLATFORM, PAUSED: PLATFORM, GENERATE: LITSERVE, LITSERVE: LITSERVE}
 
 
 def _baselines(raw: dict[str, Any], key: str, field: str) -> dict[str, float | None]:
@@ -218,9 +232,9 @@ def _baselines(raw: dict[str, Any], key: str, field: str) -> dict[str, float | N
 
 
 def _figure(raw: dict[str, Any], system: str, c: int, field: str) -> float | None:
-    return raw[system].get(f"c{c}", {}).get(field)
+    return raw.get(system, {}).get(f"c{c}", {}).get(field)
 
 
-def _paired(raw: dict[str, Any], c: int) -> str:
-    ratio = _figure(raw, BESIDE, c, "paired_platform_ratio")
+def _paired(raw: dict[str, Any], system: str, c: int) -> str:
+    ratio = _figure(raw, system, c, "paired_platform_ratio")
     return "—" if ratio is None else f"{ratio:.2f}x"
