@@ -3,9 +3,9 @@
 1, 8 and 32 concurrent 64-token streams, and a late joiner (a 9th stream started once 8 are generating),
 through the platform (``serve run``), LitServe (static batches of 8, ``bench/litserve_llm.py``) and the
 platform's ``TransformersEngine`` called in-process (the baseline: same engine code, no serving path).
-HF ``generate`` on a batch of 8 in-process is a reference row, and so is the in-process engine measured
-while the platform runs beside it (runs alternating with platform runs): the paired ratio is the serving
-path's share of the gap, the rest is what the Ray cluster's background processes take from the engine.
+HF ``generate`` on a batch of 8 in-process is a reference row, and so is the in-process engine measured in
+runs alternating with platform runs, once beside the running platform (the paired ratio is the serving
+path's share of the gap) and once with every process of the platform paused (the platform's whole cost).
 During the 8-stream runs of the platform and of the in-process engine, the CPU each process used is
 read from ``/proc`` (``bench.cpu_share``): where the machine's two CPUs went.
 """
@@ -97,7 +97,7 @@ def measure_inprocess(entry: dict[str, Any], settings: RunSettings) -> dict[str,
     return asyncio.run(go())
 
 
-def measure_beside(entry: dict[str, Any], url: str, server_pid: int, settings: RunSettings) -> dict[str, dict[str, Any]]:
+def measure_paired(entry: dict[str, Any], url: str, server_pid: int, settings: RunSettings) -> dict[str, dict[str, Any]]:
     """The in-process engine alternating with platform runs: beside the idle platform, and (8 streams)
     with every process of the platform paused.
 
@@ -114,8 +114,8 @@ def measure_beside(entry: dict[str, Any], url: str, server_pid: int, settings: R
             out: dict[str, dict[str, Any]] = {BESIDE: {}, PAUSED: {}}
             for c in BESIDE_CONCURRENCY:
                 runs: dict[str, list[dict[str, Any]]] = {BESIDE: [], PAUSED: [], PLATFORM: []}
+                order = [BESIDE, PLATFORM] + ([PAUSED] if c == LATE_RUNNING else [])
                 for i in range(settings.repeats):
-                    order = [BESIDE, PLATFORM] + ([PAUSED] if c == LATE_RUNNING else [])
                     for system in order[i % len(order):] + order[:i % len(order)]:  # rotated: no system always first
                         with paused(server_pid) if system == PAUSED else contextlib.nullcontext():
                             runs[system].append(await concurrent_streams(remote if system == PLATFORM else local, c))
@@ -146,7 +146,7 @@ def run(settings: RunSettings) -> SectionOutput:
     gc.collect()
     with Platform([llm_entry()], settings.profile, router_config=demo_router_config(), label="llm-platform") as p:
         raw[PLATFORM] = measure_http(f"{p.base_url}/v1/infer", settings, root_pid=p.proc.pid)
-        raw.update(measure_beside(entry, f"{p.base_url}/v1/infer", p.proc.pid, settings))
+        raw.update(measure_paired(entry, f"{p.base_url}/v1/infer", p.proc.pid, settings))
     gc.collect()
     brackets.append(measure_inprocess(entry, settings))
     gc.collect()
