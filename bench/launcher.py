@@ -3,7 +3,9 @@
 The config is generated per launch (the section's model entries after the profile's tweak, HTTP on
 127.0.0.1 and a free port), the process runs in its own process group with the profile's environment,
 and the launch is ready when ``GET /v1/models`` shows every model ``ready``. Stopping kills that group
-only (never ``ray stop``: other clusters on this machine belong to others). Named ``launcher`` rather
+only (never ``ray stop``: other clusters on this machine belong to others). A profile with ``head_flags`` runs
+through ``bench/ray_head.py`` instead: ``ray start --head`` with those flags, then ``serve run`` against it,
+in one group. Named ``launcher`` rather
 than ``platform`` so it can never shadow the standard library module.
 """
 
@@ -73,6 +75,8 @@ class Platform:
         config_path.write_text(yaml.safe_dump(self.serve_config(), sort_keys=False))
         # --address local: a fresh cluster, even when ray_current_cluster points at someone else's
         cmd = [str(SERVE_CLI), "run", "--address", "local", str(config_path)]
+        if self.profile.head_flags is not None:  # a head with the profile's flags first, then `serve run` on it
+            cmd = [sys.executable, "-m", "bench.ray_head", *self.profile.head_flags, "--", str(SERVE_CLI), "run", str(config_path)]
         began, self._started_at = time.monotonic(), time.time()
         # HAProxy's stats/metrics listeners off their fixed defaults: another cluster may hold them
         haproxy_ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}

@@ -39,6 +39,7 @@ class Profile:
     router_config: dict[str, Any] = field(default_factory=dict)  # merged over the section's router_config
     direct_port: bool = False  # clients use router_config.direct_http_port (a free port per launch)
     proxy_location: str | None = None  # the Serve config's proxy_location when clients use the direct port
+    head_flags: tuple[str, ...] | None = None  # `ray start --head` flags: a head started first (bench/ray_head.py)
 
     def apply(self, entries: Entries) -> Entries:
         return self.tweak(copy.deepcopy(entries))
@@ -65,6 +66,21 @@ def _fast_ingress_env() -> dict[str, str]:
 # machine the idle controller and the GCS requests it makes take ~3% of the machine (bench/README.md).
 QUIET_CONTROLLER_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
 
+# Ray's own background work, slowed or left out, for a small CPU-only machine whose engine needs every CPU:
+# no dashboard UI processes and no log monitor (logs stay in the session's files), and each periodic
+# report less often: resources (raylet, 0.1 -> 1 s), task events (1 -> 5 s), metrics to the agent
+# (-> 30 s), node stats (dashboard agent, 5 -> 30 s; its own gauges 5 -> 60 s), idle-worker and
+# file-system checks (-> 5 s), event-loop lag probes (-> 10 s). An idle `direct` cluster then uses about
+# 60 ms of CPU per second instead of 110 (bench/README.md).
+QUIET_RAY_ENV = {
+    "RAY_raylet_report_resources_period_milliseconds": "1000", "RAY_task_events_report_interval_ms": "5000",
+    "RAY_metrics_report_interval_ms": "30000", "REPORTER_UPDATE_INTERVAL_MS": "30000", "METRICS_RECORD_INTERVAL_S": "60",
+    "RAY_kill_idle_workers_interval_ms": "5000", "RAY_local_fs_monitor_interval_ms": "5000",
+    "RAY_io_context_event_loop_lag_collection_interval_ms": "10000", "RAY_DASHBOARD_AGENT_CHECK_PARENT_INTERVAL_S": "2",
+    "RAY_event_stats": "0",
+}
+QUIET_HEAD_FLAGS = ("--include-dashboard=false", "--include-log-monitor=false")
+
 PROFILES: dict[str, Profile] = {
     # Ray's defaults: Python proxy actor -> router replica -> model replica.
     "default": Profile("default"),
@@ -83,6 +99,10 @@ PROFILES: dict[str, Profile] = {
 # `direct` with the LLM engine on one torch thread, so that Ray's processes and the serving path have a
 # CPU of their own: what the platform costs when the engine does not need every CPU.
 PROFILES["direct-spare-core"] = replace(PROFILES["direct"], name="direct-spare-core", tweak=_in_router_spare_core)
+# `direct` on a quiet Ray head (QUIET_RAY_ENV, QUIET_HEAD_FLAGS): what the platform costs when Ray's own
+# background work is cut to what serving needs.
+PROFILES["direct-quiet"] = replace(PROFILES["direct"], name="direct-quiet", env={**PROFILES["direct"].env, **QUIET_RAY_ENV},
+                                   head_flags=QUIET_HEAD_FLAGS)
 
 
 def get_profile(name: str) -> Profile:
