@@ -5,8 +5,8 @@ The config is generated per launch (the section's model entries after the profil
 and the launch is ready when ``GET /v1/models`` shows every model ``ready``. Stopping kills that group
 only (never ``ray stop``: other clusters on this machine belong to others). A profile with ``head_flags`` runs
 through ``bench/ray_head.py`` instead: ``ray start --head`` with those flags, then ``serve run`` against it,
-in one group. Named ``launcher`` rather
-than ``platform`` so it can never shadow the standard library module.
+started and stopped as one server. Named ``launcher`` rather than ``platform`` so it can never shadow the
+standard library module.
 """
 
 from __future__ import annotations
