@@ -22,8 +22,9 @@ import httpx
 import yaml
 
 from bench.models import echo_entry, model_id
-from bench.processes import LOG_DIR, bench_env, free_port, kill_orphaned_haproxy, log_tail, start_group, stop_group
+from bench.processes import LOG_DIR, bench_env, kill_orphaned_haproxy, log_tail, start_group, stop_group
 from bench.profiles import Profile
+from common.ports import free_port
 
 logger = logging.getLogger(__name__)
 

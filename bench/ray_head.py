@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.processes import free_port
+from common.ports import free_port
 
 RAY_CLI = Path(sys.executable).parent / "ray"
 GCS_WAIT_S = 60.0

@@ -94,7 +94,8 @@ class RouterConfig(BasePydantic):
     direct_http_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Each router replica also serves the API on this port itself, without Ray's proxy hop "
-        "(serve/router/direct_http.py); off by default. Give every application a port of its own.",
+        "(serve/router/direct_http.py); off by default. Give every application a port of its own, below the "
+        "kernel's ephemeral range (32768-60999 on Linux), which outgoing connections draw from.",
     )
     direct_http_host: str = Field(
         default="127.0.0.1", description="Interface for direct_http_port; 0.0.0.0 to reach it from other machines."

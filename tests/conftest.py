@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import pytest
+
+from common.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2_DIR = REPO_ROOT / "models" / "smollm2-135m-instruct"
@@ -37,12 +38,6 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def integration_app_args(smollm2: Path, broken_dir: Path, direct_http_port: int | None = None) -> dict[str, Any]:
@@ -148,14 +143,26 @@ def direct_ports() -> dict[str, int]:
     return {"main": free_port(), "secure": free_port()}
 
 
+def deploy_app(args: dict[str, Any], name: str, route_prefix: str) -> None:
+    """What ``serve run`` does with app args; a failed deploy names each deployment's own error."""
+    from ray import serve
+
+    import vllm_host
+
+    try:
+        serve.run(vllm_host.build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    except RuntimeError as exc:
+        deployments = serve.status().applications[name].deployments
+        reasons = "; ".join(f"{d}: {status.message}" for d, status in deployments.items() if status.message)
+        raise RuntimeError(f"{exc} ({reasons})") from None
+
+
 @pytest.fixture(scope="session")
 def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int,
               direct_ports: dict[str, int]) -> Iterator[str]:
     """Start Ray, deploy the integration app through ``vllm_host.build_app``, yield its base URL."""
     import ray
     from ray import serve
-
-    import vllm_host
 
     broken = tmp_path_factory.mktemp("broken-model")  # an empty folder: transformers cannot load it
     port = free_port()
@@ -165,11 +172,10 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metri
         _metrics_export_port=metrics_port,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = vllm_host.build_app(integration_app_args(smollm2_dir, broken, direct_ports["main"]))
-    serve.run(app, name="default", route_prefix="/", blocking=False)
     base_url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200, timeout=120)
     try:
+        deploy_app(integration_app_args(smollm2_dir, broken, direct_ports["main"]), name="default", route_prefix="/")
+        wait_until(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200, timeout=120)
         yield base_url
     finally:
         serve.shutdown()
@@ -179,12 +185,7 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metri
 @pytest.fixture(scope="session")
 def secure_app(serve_app: str, direct_ports: dict[str, int]) -> str:
     """``secure_app_args`` deployed beside the main app, under ``/secure``."""
-    from ray import serve
-
-    import vllm_host
-
-    app = vllm_host.build_app(secure_app_args(direct_ports["secure"]))
-    serve.run(app, name="secure", route_prefix="/secure", blocking=False)
+    deploy_app(secure_app_args(direct_ports["secure"]), name="secure", route_prefix="/secure")
     base_url = f"{serve_app}/secure"
     wait_until(lambda: httpx.get(f"{base_url}/v1/health", timeout=10).status_code == 200, timeout=120)
     return base_url

@@ -114,3 +114,13 @@ def test_a_port_held_by_another_program_names_the_setting() -> None:
         held.listen()
         with pytest.raises(RuntimeError, match=r"router_config.direct_http_port: cannot listen on 127.0.0.1:\d+"):
             reuse_port_socket("127.0.0.1", held.getsockname()[1])
+
+
+def test_a_port_held_by_an_outgoing_connection_says_what_to_choose() -> None:
+    """What made a test app fail to deploy once: a Ray connection's local end sat on the chosen port."""
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.connect(server.getsockname())
+        with pytest.raises(RuntimeError, match="outgoing connection took it as its local port.*ip_local_port_range"):
+            reuse_port_socket("127.0.0.1", client.getsockname()[1])

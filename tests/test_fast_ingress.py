@@ -16,8 +16,9 @@ import psutil
 import pytest
 import yaml
 
+from common.ports import free_port
 from serve import fast_ingress
-from tests.conftest import REPO_ROOT, free_port, wait_until
+from tests.conftest import REPO_ROOT, wait_until
 from tests.test_router_integration import assert_error, assert_timeout_and_disconnect_cancel, sse_events
 
 pytestmark = pytest.mark.integration

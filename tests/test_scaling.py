@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import deploy_app, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,7 @@ def app_args(*entries: dict[str, Any]) -> dict[str, Any]:
 
 def deploy(args: dict[str, Any], name: str) -> None:
     """What ``serve run``/a redeploy does: build the app from args and apply it (idempotent)."""
-    from ray import serve
-
-    import vllm_host
-
-    serve.run(vllm_host.build_app(args), name=name, route_prefix=f"/{name}", blocking=False)
+    deploy_app(args, name=name, route_prefix=f"/{name}")
 
 
 def model(client: httpx.Client, model_id: str) -> dict[str, Any]:

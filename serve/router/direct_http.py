@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from typing import Any, Awaitable, Callable, Iterator
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
 START_TIMEOUT_S = 10.0
+# A port in the kernel's ephemeral range can be held by an outgoing connection's local end (Ray keeps many).
+PORT_IN_USE_HINT = ("another program listens there, or an outgoing connection took it as its local port: "
+                    "choose a port outside the range in /proc/sys/net/ipv4/ip_local_port_range (32768-60999 on Linux)")
 
 
 class DirectHttpListener:
@@ -105,7 +109,8 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise RuntimeError(f"router_config.direct_http_port: cannot listen on {host}:{port}: {exc.strerror}") from None
+        hint = f"; {PORT_IN_USE_HINT}" if exc.errno == errno.EADDRINUSE else ""
+        raise RuntimeError(f"router_config.direct_http_port: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
     return sock
 
 

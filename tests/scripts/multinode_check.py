@@ -69,7 +69,7 @@ def main() -> dict[str, Any]:
     from ray.cluster_utils import Cluster
 
     import vllm_host
-    from tests.conftest import free_port
+    from common.ports import free_port
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"node_a": 1}, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2, resources={"node_b": 1})
