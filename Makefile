@@ -5,6 +5,13 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm==0.33.0
 export RAY_worker_niceness ?= 0
+# What `make run` runs in the foreground and `make run-bg` in the background, e.g.
+# make run SERVE_CMD="$(VENV)/bin/serve run other_config.yaml"
+SERVE_CMD ?= $(VENV)/bin/serve run model_config.yaml
+PID_FILE ?= .serve.pid
+LOG_FILE ?= serve.log
+# How long `make stop` waits after SIGTERM before it SIGKILLs what is left of the group
+STOP_TIMEOUT_S ?= 30
 
 .PHONY: setup vllm-api models run run-bg stop test bench clean
 
@@ -32,14 +39,51 @@ models: setup
 	$(PY) scripts/prepare_models.py
 
 run: models
-	$(VENV)/bin/serve run vllm_host:build_app
+	$(SERVE_CMD)
+
+# `make run-bg` starts $(SERVE_CMD) under setsid: a session and process group of its own whose id is its pid,
+# kept in $(PID_FILE). The local Ray cluster `serve run` starts (GCS, raylet, dashboard, workers and what they
+# spawn) inherits that group, and `make stop` signals that group and nothing else.
+# read_pgid: pgid= the id in $(PID_FILE), or empty when there is no file or it holds no usable group id
+# (never 0 or 1: `kill -TERM -0` is the caller's own group and `kill -TERM -1` every process it may signal).
+# `kill -SIG -PGID` signals group PGID; no `--` before it: dash, /bin/sh on Debian, takes `--` for a pid.
+read_pgid = pgid=$$(cat "$(PID_FILE)" 2>/dev/null); case "$$pgid" in ''|0*|1|*[!0-9]*) pgid= ;; esac
+# group_alive ID: the group has a member that is not a zombie. kill -0 counts zombies, and an orphaned
+# process that exited stays one until init reaps it; ps, where there is one, tells them apart.
+group_alive = group_alive() { kill -0 "-$$1" 2>/dev/null || return 1; \
+	out=$$(ps -A -o pgid=,stat= 2>/dev/null) || return 0; \
+	printf '%s\n' "$$out" | awk -v g="$$1" '$$1 == g && $$2 !~ /^Z/ { f = 1 } END { exit !f }'; }
 
 run-bg: models
-	nohup $(VENV)/bin/serve run vllm_host:build_app > serve.log 2>&1 &
-	@echo "started in the background; logs in serve.log (stop with: make stop)"
+	@$(read_pgid); $(group_alive); \
+	if [ -n "$$pgid" ] && group_alive "$$pgid"; then \
+		echo "already running: process group $$pgid (from $(PID_FILE)); stop it first with: make stop" >&2; exit 1; \
+	fi; \
+	setsid $(SERVE_CMD) > "$(LOG_FILE)" 2>&1 < /dev/null & pid=$$!; \
+	echo "$$pid" > "$(PID_FILE)"; \
+	i=0; until kill -0 "-$$pid" 2>/dev/null || [ $$i -ge 50 ]; do sleep 0.1; i=$$((i + 1)); done; \
+	echo "started in the background: process group $$pid (in $(PID_FILE)); logs in $(LOG_FILE) (tail -f $(LOG_FILE))"; \
+	echo "stop with: make stop$(if $(filter-out .serve.pid,$(PID_FILE)), PID_FILE=$(PID_FILE))"
 
+# SIGTERM to the group `make run-bg` started (serve run shuts its local Ray cluster down on it), up to
+# $(STOP_TIMEOUT_S) s for the group to go, then SIGKILL to what is left of it.
 stop:
-	-pkill -TERM -f "serve run vllm_host:build_app"
+	@$(read_pgid); $(group_alive); \
+	if [ ! -e "$(PID_FILE)" ]; then echo "not running: no $(PID_FILE) (make run-bg writes it)"; exit 0; fi; \
+	if [ -z "$$pgid" ] || ! group_alive "$$pgid"; then \
+		echo "not running: $(PID_FILE) names no live process group ($${pgid:-no group id in it}); removing it"; \
+		rm -f "$(PID_FILE)"; exit 0; \
+	fi; \
+	echo "stopping process group $$pgid (SIGTERM)"; \
+	kill -TERM "-$$pgid" 2>/dev/null; \
+	i=0; while group_alive "$$pgid" && [ $$i -lt $$(($(STOP_TIMEOUT_S) * 10)) ]; do sleep 0.1; i=$$((i + 1)); done; \
+	if group_alive "$$pgid"; then \
+		echo "process group $$pgid still running after $(STOP_TIMEOUT_S) s: SIGKILL"; \
+		kill -KILL "-$$pgid" 2>/dev/null; \
+		i=0; while group_alive "$$pgid" && [ $$i -lt 50 ]; do sleep 0.1; i=$$((i + 1)); done; \
+		if group_alive "$$pgid"; then echo "process group $$pgid still there after SIGKILL; $(PID_FILE) kept" >&2; exit 1; fi; \
+	fi; \
+	rm -f "$(PID_FILE)"; echo "stopped process group $$pgid"
 
 test: models vllm-api
 	$(PY) -m pytest
