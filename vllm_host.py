@@ -21,13 +21,11 @@ from ray.serve import Application
 from rich.console import Console
 from rich.table import Table
 
-from common import constants, endpoints
+from common import constants
 from configs.loader import ConfigError, load_app_config
 from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig
 from serve.deployments.multi_model_deployment import MultiModelDeployment
-from serve.fast_ingress import enable_for_serve_run as enable_fast_ingress_for_serve_run
 from serve.router.router import RouterIngress
-from servers.registry import get_engine_class
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +37,6 @@ def build_app(args: AppArgs) -> Application:
         Console(stderr=True).print(f"[bold red]{err}[/bold red]", highlight=False)
         raise
     print_configs(loaded.models)
-    if enable_fast_ingress_for_serve_run():
-        Console(stderr=True).print(
-            "Fast ingress: HAProxy -> router replicas directly (MODELHOST_FAST_INGRESS=0 for Ray's default proxy)",
-            highlight=False,
-        )
     return build_application(loaded)
 
 
@@ -54,7 +47,10 @@ def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:
 
 def build_application(loaded: LoadedConfig) -> Application:
     groups = model_deployments(loaded.models)
-    handles = {name: _bind_model_deployment(name, entries, loaded.engine_modules) for name, entries in groups.items()}
+    router_models = groups.pop(constants.ROUTER_DEPLOYMENT_NAME, [])  # hosted by the router's replicas
+    stream_interval_s = loaded.router.performance.stream_interval_s
+    handles = {name: _bind_model_deployment(name, entries, loaded.engine_modules, stream_interval_s)
+               for name, entries in groups.items()}
     router = loaded.router
     ingress = serve.deployment(
         RouterIngress,
@@ -63,22 +59,19 @@ def build_application(loaded: LoadedConfig) -> Application:
         max_ongoing_requests=router.max_ongoing_requests,
         ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
         graceful_shutdown_timeout_s=router.request_timeout_s,
-        # The router logs one line per request itself (serve/router/metrics.py); Ray's access log
-        # line would repeat it at a measurable cost per request.
+        # The router logs requests itself when asked (router_config.log_requests).
         logging_config={"enable_access_log": False},
     )
     index, router_config = [_index_entry(m) for m in loaded.models], router.model_dump()
-    in_router = [m.model_dump() for m in loaded.models if m.in_router]
-    init_args = (handles, index, router_config, in_router, loaded.engine_modules)
+    init_args = (handles, index, router_config, [m.model_dump() for m in router_models], loaded.engine_modules)
     return _versioned(ingress, *init_args[1:]).bind(*init_args)
 
 
 def model_deployments(models: list[MultiModelConfig]) -> dict[str, list[MultiModelConfig]]:
-    """Entries by deployment name; ``in_router`` entries have none (they live in the router)."""
+    """Entries by deployment name (entries that set the same ``deployment_config.name`` share one)."""
     groups: dict[str, list[MultiModelConfig]] = defaultdict(list)
     for entry in models:
-        if not entry.in_router:
-            groups[entry.deployment_name()].append(entry)
+        groups[entry.deployment_name()].append(entry)
     return groups
 
 
@@ -87,17 +80,24 @@ def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
 
     ``max_ongoing_requests`` defaults to ours, not Ray's 5: engines queue and batch requests
     themselves, and at Ray's cap a batching LLM would see at most 5 requests while the router's
-    handle polls saturated replicas with back-off (measured in ``bench/README.md``)."""
-    options: dict[str, Any] = {"max_ongoing_requests": constants.MODEL_MAX_ONGOING_REQUESTS}
+    handle polls saturated replicas with back-off (measured in ``bench/README.md``). Ray's access
+    log (a line per call, status polls included) is off unless the entry turns it on with Ray's own
+    ``logging_config: {enable_access_log: true}``."""
+    options: dict[str, Any] = {"max_ongoing_requests": constants.MODEL_MAX_ONGOING_REQUESTS,
+                               "logging_config": {"enable_access_log": False}}
     for entry in entries:  # the loader guarantees sharing entries agree
-        options.update({k: v for k, v in entry.deployment_config.items() if k != "name"})
+        own = {k: v for k, v in entry.deployment_config.items() if k != "name"}
+        if isinstance(own.get("logging_config"), dict):
+            own["logging_config"] = {**options["logging_config"], **own["logging_config"]}
+        options.update(own)
     return options
 
 
-def _bind_model_deployment(name: str, entries: list[MultiModelConfig], engine_modules: list[str]) -> Application:
+def _bind_model_deployment(name: str, entries: list[MultiModelConfig], engine_modules: list[str],
+                           stream_interval_s: float) -> Application:
     deployment = serve.deployment(MultiModelDeployment, name=name, **deployment_options(entries))
-    configs = [e.model_dump() for e in entries]
-    return _versioned(deployment, configs, engine_modules).bind(configs, engine_modules)
+    init_args = ([e.model_dump() for e in entries], engine_modules, stream_interval_s)
+    return _versioned(deployment, *init_args).bind(*init_args)
 
 
 def _versioned(deployment: Any, *init_args: Any) -> Any:
@@ -131,7 +131,6 @@ def _index_entry(entry: MultiModelConfig) -> dict[str, Any]:
         "engine_kwargs": entry.engine_kwargs,
         "deployment_config": entry.deployment_config,
         "request_timeout_s": entry.request_timeout_s,
-        "endpoints": [endpoints.INFER, *get_engine_class(entry.engine_type).openai_endpoints],
     }
 
 

@@ -13,7 +13,9 @@ from typing import Any, AsyncIterator
 from bench.loadgen import Timing
 from bench.streams import StreamOpener
 from configs.server_models import MultiModelConfig
-from servers.base_engine import BaseEngine, EngineRequest
+from common.call import ModelCall
+from common.endpoints import INFER
+from servers.base_engine import BaseEngine
 from servers.registry import get_engine_class
 
 
@@ -36,9 +38,9 @@ class InProcessModel:
         await self.engine.stop()
 
     def chunks(self, input_: Any, params: dict[str, Any], stream: bool = True) -> AsyncIterator[dict[str, Any]]:
-        request = EngineRequest(uuid.uuid4().hex, self.engine.model_id, input_,
-                                self.engine.params_model.model_validate(params), stream)
-        return self.engine.infer(request)
+        call = ModelCall(uuid.uuid4().hex, self.engine.model_id, INFER, input_,
+                         self.engine.params_model.model_validate(params), stream)
+        return self.engine.infer(call)
 
     def opener(self, input_: Any, params: dict[str, Any]) -> StreamOpener:
         return lambda: self.chunks(input_, params, stream=True)

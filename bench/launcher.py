@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.models import echo_entry, model_id
+from bench.models import demo_serve_settings, echo_entry, model_id
 from bench.processes import LOG_DIR, bench_env, kill_orphaned_haproxy, log_tail, start_group, stop_group
 from bench.profiles import Profile
 from common.ports import free_port
@@ -35,7 +35,7 @@ SERVE_CLI = Path(sys.executable).parent / "serve"
 class Platform:
     """One ``serve run`` of ``entries`` under ``profile``; use as a context manager."""
 
-    uses_direct_port = True  # clients go to router_config.direct_http_port when the profile says so
+    uses_listener = True  # clients go to the router's own listener unless the profile asks for Ray's proxy
 
     def __init__(self, entries: list[dict[str, Any]], profile: Profile, *, engine_modules: list[str] | None = None,
                  router_config: dict[str, Any] | None = None, label: str = "platform", ready_timeout_s: float = 900) -> None:
@@ -45,12 +45,13 @@ class Platform:
         self.router_config = {**(router_config or {}), **profile.router_config}
         self.label = label
         self.ready_timeout_s = ready_timeout_s
-        self.port = free_port()
+        self.port = free_port()  # Ray's HTTP proxy, where one runs
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.direct = profile.direct_port and self.uses_direct_port
-        if self.direct:
-            self.router_config["direct_http_port"] = free_port()
-            self.base_url = f"http://127.0.0.1:{self.router_config['direct_http_port']}"
+        self.listener = self.uses_listener and not profile.ray_proxy
+        performance = {**self.router_config.get("performance", {}), "http_port": free_port() if self.listener else None}
+        self.router_config["performance"] = performance
+        if self.listener:
+            self.base_url = f"http://127.0.0.1:{performance['http_port']}"
         self.log_path = LOG_DIR / f"{label}-{self.port}.log"
         self.proc: subprocess.Popen | None = None
         self.ready_s: float | None = None
@@ -65,8 +66,8 @@ class Platform:
             "http_options": {"host": "127.0.0.1", "port": self.port},
             "applications": [{"name": "default", "import_path": "vllm_host:build_app", "route_prefix": "/", "args": args}],
         }
-        if self.direct and self.profile.proxy_location:  # clients skip Ray's port: no proxy to run
-            config["proxy_location"] = self.profile.proxy_location
+        # as model_config.yaml has it (proxy_location: Disabled) when clients use the router's listener
+        config["proxy_location"] = demo_serve_settings().get("proxy_location", "EveryNode") if self.listener else "EveryNode"
         return config
 
     def start(self) -> float:
@@ -136,7 +137,7 @@ class Platform:
 class RayFloor(Platform):
     """``serve run`` of ``bench.ray_floor_app`` (the baseline's handler as one Serve deployment) under ``profile``."""
 
-    uses_direct_port = False  # a plain Serve app has only Ray's port
+    uses_listener = False  # a plain Serve app has only Ray's port
 
     def __init__(self, profile: Profile, *, label: str = "ray-floor") -> None:
         super().__init__([echo_entry()], profile, label=label)

@@ -28,6 +28,11 @@ def demo_args() -> dict[str, Any]:
     return args
 
 
+def demo_serve_settings() -> dict[str, Any]:
+    """The demo Serve config's top-level settings (``proxy_location``, ...), without its applications."""
+    return {k: v for k, v in yaml.safe_load(DEMO_CONFIG.read_text()).items() if k != "applications"}
+
+
 def demo_entries(*model_ids: str) -> list[dict[str, Any]]:
     """Demo entries by model id, in the given order (all four when none given)."""
     entries = {e["model_loading_config"]["model_id"]: e for e in demo_args()["llm_configs"]}

@@ -13,11 +13,14 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from bench.echo import echo_answer, echo_chunks, echo_engine, echo_request
+from bench.echo import chat_call, chat_engine, echo_answer, echo_chunks, echo_engine, echo_request
+from common.chunks import ChunkMerger
 from common.sse import SSE_DONE, sse_event
+from serve.router.openai_adapter import ChatStreamEncoder, chat_completion
 
 app = FastAPI()
 engine = echo_engine()
+chat = chat_engine()
 
 
 @app.get("/health")
@@ -34,6 +37,26 @@ async def infer(request: Request) -> Any:
     async def events() -> AsyncIterator[bytes]:
         async for chunk in echo_chunks(engine, req):
             yield sse_event(chunk)
+        yield SSE_DONE
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@app.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Any:
+    """The fake chat engine, rendered with the platform's own OpenAI encoders."""
+    call = chat_call(json.loads(await request.body()))
+    if not call.stream:
+        merger = ChunkMerger()
+        async for chunk in chat.generate(call):
+            merger.add(chunk)
+        return JSONResponse(chat_completion(merger.result(), call.model_id, call.request_id))
+    encoder = ChatStreamEncoder(call.model_id, call.request_id, include_usage=False)
+
+    async def events() -> AsyncIterator[bytes]:
+        async for chunk in chat.generate(call):
+            for payload in encoder.on_chunk(chunk):
+                yield sse_event(payload)
         yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,15 +1,16 @@
 """Profiles: named ways to start the platform (environment + a tweak of the model entries), chosen with ``--profile``.
 
-Add one by adding an entry to ``PROFILES``, e.g.::
-
-    from serve.fast_ingress import FAST_INGRESS_ENV
+``default`` is the platform exactly as ``make run`` starts it: ``serve run`` of a Serve config with the demo
+config's top-level settings (``proxy_location: Disabled``), clients on the router's own listener
+(``router_config.performance.http_port``), no extra environment. Add a profile by adding an entry to
+``PROFILES``, e.g.::
 
     def _light_models_in_router(entries: Entries) -> Entries:
         light = {"FAKE_ECHO", "VISION"}
         return [{**{k: v for k, v in e.items() if k != "deployment_config"}, "in_router": True}
                 if e["model_loading_config"]["type"] in light else e for e in entries]
 
-    PROFILES["fast"] = Profile("fast", env=dict(FAST_INGRESS_ENV), tweak=_light_models_in_router)
+    PROFILES["light-in-router"] = Profile("light-in-router", tweak=_light_models_in_router)
 
 ``env`` is added to the environment of ``serve run``, so the local cluster it starts inherits it (with a
 config file, ``build_app`` runs inside Ray after the cluster started: flags Ray reads at start-up must
@@ -37,8 +38,7 @@ class Profile:
     env: dict[str, str] = field(default_factory=dict)  # added to the `serve run` environment
     tweak: Callable[[Entries], Entries] = unchanged  # model entries -> model entries
     router_config: dict[str, Any] = field(default_factory=dict)  # merged over the section's router_config
-    direct_port: bool = False  # clients use router_config.direct_http_port (a free port per launch)
-    proxy_location: str | None = None  # the Serve config's proxy_location when clients use the direct port
+    ray_proxy: bool = False  # clients go through Ray's HTTP proxy (router listener off) instead of the listener
     head_flags: tuple[str, ...] | None = None  # `ray start --head` flags: a head started first (bench/ray_head.py)
 
     def apply(self, entries: Entries) -> Entries:
@@ -54,12 +54,6 @@ def _in_router_spare_core(entries: Entries) -> Entries:
     """As ``_in_router``, with one torch thread per TRANSFORMERS engine: on 2 CPUs, one is left to Ray."""
     return [{**e, "engine_kwargs": {**e.get("engine_kwargs", {}), "num_threads": 1}}
             if e["model_loading_config"]["type"] == "TRANSFORMERS" else e for e in _in_router(entries)]
-
-
-def _fast_ingress_env() -> dict[str, str]:
-    from serve.fast_ingress import FAST_INGRESS_ENV
-
-    return dict(FAST_INGRESS_ENV)
 
 
 # Ray Serve's controller reconciles every 0.1 s and its metrics caches flush every 0.1 s: on a 2-core
@@ -82,19 +76,14 @@ QUIET_RAY_ENV = {
 QUIET_HEAD_FLAGS = ("--include-dashboard=false", "--include-log-monitor=false")
 
 PROFILES: dict[str, Profile] = {
-    # Ray's defaults: Python proxy actor -> router replica -> model replica.
+    # As `make run` starts it: the router's own listener -> router replica -> model replica.
     "default": Profile("default"),
-    # HAProxy -> router replica's own HTTP server -> (gRPC) model replica.
-    "fast-remote": Profile("fast-remote", env=_fast_ingress_env()),
-    # Python proxy actor -> router replica hosting the engines.
+    # Ray's Python proxy actor -> router replica -> model replica (what `serve run vllm_host:build_app` gives).
+    "ray-proxy": Profile("ray-proxy", ray_proxy=True),
+    # The router's listener -> router replica hosting the engines (`in_router: true` on every entry).
     "in-router": Profile("in-router", tweak=_in_router),
-    # HAProxy -> router replica hosting the engines: the fewest hops and processes.
-    "fast": Profile("fast", env=_fast_ingress_env(), tweak=_in_router),
-    # Clients on the router replica's own listener (router_config.direct_http_port), engines inside it,
-    # no per-request log line (the plain FastAPI baseline runs uvicorn with access_log=False too), and
-    # a leaner cluster: no Ray proxy (nothing uses its port) and a quieter controller.
-    "direct": Profile("direct", env={**_fast_ingress_env(), **QUIET_CONTROLLER_ENV}, tweak=_in_router, direct_port=True,
-                      proxy_location="Disabled", router_config={"log_requests": False}),
+    # `in-router` on a quieter Serve controller (reconciles and flushes metrics once a second).
+    "direct": Profile("direct", env=dict(QUIET_CONTROLLER_ENV), tweak=_in_router),
 }
 # `direct` with the LLM engine on one torch thread, so that Ray's processes and the serving path have a
 # CPU of their own: what the platform costs when the engine does not need every CPU.

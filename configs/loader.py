@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from common import constants
+from configs.env_overrides import ENV_OVERRIDES, apply_env_overrides, field_label
 from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig, RouterConfig
 from servers.registry import get_engine_class, import_engine_modules, known_engine_types
 
@@ -84,7 +86,7 @@ def validate_app_args(args: AppArgs, source: str, base_dir: Path | None) -> Load
         import_engine_modules(args.engine_modules)
     except ImportError as exc:
         raise ConfigError(source, [f"engine_modules: cannot import: {exc}"]) from None
-    router = _parse(RouterConfig, args.router_config, source, "router_config")
+    router = _parse_router_config(args.router_config, source)
     entries = [_validate_entry(i, raw, problems) for i, raw in enumerate(args.llm_configs or [])]
     models = [e for e in entries if e is not None]
     if not args.llm_configs:
@@ -96,6 +98,21 @@ def validate_app_args(args: AppArgs, source: str, base_dir: Path | None) -> Load
     if base_dir is not None:
         models = [_resolve_relative_source(m, base_dir) for m in models]
     return LoadedConfig(models=models, router=router, engine_modules=args.engine_modules, source=source)
+
+
+def _parse_router_config(raw: dict[str, Any], source: str) -> RouterConfig:
+    """``router_config`` with the environment's overrides; a bad override names its variable."""
+    try:
+        return RouterConfig.model_validate(apply_env_overrides(raw))
+    except ValidationError as exc:
+        problems = format_validation_error(exc, RouterConfig, prefix="router_config")
+        by_field = {field_label(path): name for name, path in ENV_OVERRIDES.items() if name in os.environ}
+        raise ConfigError(source, [_name_variable(p, by_field) for p in problems]) from None
+
+
+def _name_variable(problem: str, by_field: dict[str, str]) -> str:
+    field = problem.split(":", 1)[0]
+    return f"{problem} (from the environment variable {by_field[field]})" if field in by_field else problem
 
 
 def _validate_entry(index: int, raw: Any, problems: list[str]) -> MultiModelConfig | None:

@@ -67,3 +67,15 @@ class CompletionRequest(SamplingFields):
     echo: bool | None = False
     best_of: int | None = None
     suffix: str | None = None
+
+
+class TranscriptionRequest(LenientPydantic):
+    """``POST /v1/audio/transcriptions`` (multipart form): OpenAI's fields; ``file`` holds the upload's bytes."""
+
+    file: bytes = Field(description="Audio (or video) file: wav, flac, mp3, ogg, m4a, mp4, ...")
+    model: str = Field(min_length=1)
+    language: str | None = None
+    prompt: str | None = None
+    response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
+    temperature: float | None = None
+    timestamp_granularities: list[str] | None = Field(default=None, alias="timestamp_granularities[]")

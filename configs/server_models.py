@@ -71,6 +71,25 @@ class MultiModelConfig(BasePydantic):
         return re.sub(r"[^A-Za-z0-9_-]", "-", self.model_id) + "-deployment"
 
 
+class PerformanceConfig(BasePydantic):
+    """How requests reach the router and cross to model replicas (``router_config.performance``).
+
+    The defaults are the fastest path that is safe: each router replica serves the API on its own
+    listener (one loopback hop per request), unless Ray's HTTP proxy already has that port."""
+
+    http_port: int | None = Field(
+        default=constants.API_PORT, ge=1, le=65535,
+        description="The router replicas' own HTTP listener, the API's front door; null = none (Ray's proxy only). "
+        "Keep it below the kernel's ephemeral range (32768-60999 on Linux), which outgoing connections draw from.",
+    )
+    http_host: str = Field(default="127.0.0.1", description="Interface of the listener; 0.0.0.0 to reach it from other machines.")
+    stream_interval_s: float = Field(
+        default=constants.STREAM_INTERVAL_S, ge=0, le=1,
+        description="Streams cross the router <-> model replica hop in batches at least this many seconds apart "
+        "(the first chunk at once): one Ray message per token costs CPU the model needs.",
+    )
+
+
 class RouterConfig(BasePydantic):
     """Settings of the HTTP ingress (``MultiModelRouter``)."""
 
@@ -81,7 +100,7 @@ class RouterConfig(BasePydantic):
     api_keys_env: str = Field(
         default=constants.API_KEYS_ENV, description="Env var holding comma-separated API keys; unset = no auth."
     )
-    open_paths: list[str] = Field(default_factory=lambda: ["/v1/health"], description="Paths that need no API key.")
+    open_paths: list[str] = Field(default_factory=lambda: list(constants.OPEN_PATHS), description="Paths that need no API key.")
     num_cpus: float = Field(default=constants.ROUTER_NUM_CPUS, ge=0)
     resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources, e.g. to pin the router to the head node."
@@ -89,17 +108,9 @@ class RouterConfig(BasePydantic):
     max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
     num_replicas: int = Field(default=1, ge=1)
     log_requests: bool = Field(
-        default=True, description="One INFO line per request from the router; failed (5xx) requests are logged either way."
+        default=False, description="One INFO line per request from the router; failed (5xx) requests are logged either way."
     )
-    direct_http_port: int | None = Field(
-        default=None, ge=1, le=65535,
-        description="Each router replica also serves the API on this port itself, without Ray's proxy hop "
-        "(serve/router/direct_http.py); off by default. Give every application a port of its own, below the "
-        "kernel's ephemeral range (32768-60999 on Linux), which outgoing connections draw from.",
-    )
-    direct_http_host: str = Field(
-        default="127.0.0.1", description="Interface for direct_http_port; 0.0.0.0 to reach it from other machines."
-    )
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 
 
 class AppArgs(BasePydantic):

@@ -11,10 +11,10 @@ import asyncio
 import logging
 from typing import Any, AsyncIterator
 
-from common import endpoints
 from common.media import decode_audio, read_media
 from configs.audio_models import AudioEngineConfig, AudioParams
-from servers.base_engine import BaseEngine, EngineRequest
+from common.call import ModelCall
+from servers.base_engine import SpeechToTextEngine
 from servers.model_thread import model_executor, run_blocking
 from servers.media.speech import Segment, SpeechBackend, TranscriptInfo, load_speech_backend, transcribe_stream
 from servers.registry import register_engine
@@ -23,10 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 @register_engine("AUDIO")
-class AudioEngine(BaseEngine):
+class AudioEngine(SpeechToTextEngine):
     config_model = AudioEngineConfig
-    params_model = AudioParams
-    openai_endpoints = (endpoints.TRANSCRIPTIONS,)
     engine_config: AudioEngineConfig
 
     def __init__(self, config: Any, engine_config: AudioEngineConfig) -> None:
@@ -41,11 +39,11 @@ class AudioEngine(BaseEngine):
         source = self.config.model_loading_config.model_source
         self.backend = await run_blocking(self._executor, load_speech_backend, source, self.engine_config)
 
-    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
+    async def transcribe(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         assert self.backend is not None
-        params: AudioParams = request.params
+        params: AudioParams = call.params
         self.backend.check(params)
-        data = read_media(request.input, "audio", self.engine_config.limits())
+        data = read_media(call.input, "audio", self.engine_config.limits())
         samples = await asyncio.to_thread(decode_audio, data, max_seconds=self.engine_config.max_audio_seconds)  # off the model's thread
         self.requests += 1
         info: TranscriptInfo | None = None
@@ -56,10 +54,10 @@ class AudioEngine(BaseEngine):
                 continue
             delta = item.text.lstrip() if not segments else item.text
             segments.append(item)
-            if request.stream:
+            if call.stream:
                 yield {"text": delta, "segment": item.to_dict(), "finish_reason": None}
         final: dict[str, Any] = {"language": info.language if info else None, "duration": info.duration if info else None}
-        if request.stream:
+        if call.stream:
             yield {"text": "", **final, "finish_reason": "stop"}
             return
         text = "".join(s.text for s in segments).strip()

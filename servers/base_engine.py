@@ -3,7 +3,8 @@
 A complete engine, registered for ``type: ECHO`` in the YAML::
 
     from common.base_pydantic import BasePydantic
-    from servers.base_engine import BaseEngine, EngineRequest
+    from common.call import ModelCall
+    from servers.base_engine import BaseEngine
     from servers.registry import register_engine
 
     class EchoKwargs(BasePydantic):
@@ -16,8 +17,8 @@ A complete engine, registered for ``type: ECHO`` in the YAML::
         async def start(self) -> None:      # load weights here (heavy imports go inside)
             pass
 
-        async def infer(self, request: EngineRequest):
-            yield {"text": self.engine_config.prefix + str(request.input), "finish_reason": "stop"}
+        async def infer(self, call: ModelCall):
+            yield {"text": self.engine_config.prefix + str(call.input), "finish_reason": "stop"}
 
         async def check_health(self) -> None:   # raise if the engine can no longer serve
             pass
@@ -25,21 +26,32 @@ A complete engine, registered for ``type: ECHO`` in the YAML::
         async def stop(self) -> None:       # free memory / devices
             pass
 
-``infer`` is an async generator of chunk dicts. Text chunks carry a ``text`` delta; the router
-concatenates deltas for non-streaming requests and forwards each chunk as an SSE event otherwise.
-Raise ``common.errors.InvalidRequestError`` (or another ``ServingError``) for bad input.
+``infer`` serves ``POST /v1/infer``. An engine serves more endpoints by implementing their methods
+(``common.endpoints``): subclass ``TextGenerationEngine`` and implement ``generate`` for chat and
+completions, ``SpeechToTextEngine`` and ``transcribe`` for transcriptions. Which endpoints a model
+answers is read from these methods (``served_endpoints``), never from a list kept by hand.
+
+Every method that serves a ``ModelCall`` is an async generator of chunk dicts. Text chunks carry a
+``text`` delta; a non-streamed answer is the chunks merged (``common.chunks``), a streamed one is
+each chunk as an SSE event. Raise ``common.errors.InvalidRequestError`` (or another
+``ServingError``) for bad input. When the client goes away the generator is closed: stop working.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 from common.base_pydantic import BasePydantic
+from common.call import ModelCall
+from common.endpoints import ENDPOINTS
+from configs.audio_models import AudioParams
+from configs.llm_models import LLMParams
 
 if TYPE_CHECKING:
     from configs.server_models import MultiModelConfig
+
+Chunk = dict[str, Any]
 
 
 class NoEngineKwargs(BasePydantic):
@@ -50,26 +62,12 @@ class NoParams(BasePydantic):
     """Default request ``params`` schema: accepts nothing."""
 
 
-@dataclass
-class EngineRequest:
-    """One request as an engine sees it: ``params`` is already validated by ``params_model``."""
-
-    request_id: str
-    model_id: str
-    input: Any
-    params: Any
-    stream: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class BaseEngine(ABC):
-    """Life cycle: ``start`` once, ``infer`` concurrently, ``check_health`` periodically, ``stop`` once."""
+    """Life cycle: ``start`` once, calls concurrently, ``check_health`` periodically, ``stop`` once."""
 
     engine_type: ClassVar[str] = ""
     config_model: ClassVar[type[BasePydantic]] = NoEngineKwargs
     params_model: ClassVar[type[BasePydantic]] = NoParams
-    # OpenAI-compatible endpoints this engine type can back, besides /v1/infer (see common.endpoints).
-    openai_endpoints: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: "MultiModelConfig", engine_config: BasePydantic) -> None:
         self.config = config
@@ -81,8 +79,8 @@ class BaseEngine(ABC):
         """Load the model. Runs inside the replica; may take minutes."""
 
     @abstractmethod
-    def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
-        """Yield response chunks for one request."""
+    def infer(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """``POST /v1/infer``: the engine's own input and params."""
 
     async def check_health(self) -> None:
         """Raise if the engine can no longer serve; Ray Serve then replaces the replica."""
@@ -93,3 +91,45 @@ class BaseEngine(ABC):
     def stats(self) -> dict[str, Any]:
         """Live counters shown on ``/v1/models`` (queue depth, tokens generated, ...)."""
         return {}
+
+    def handler(self, endpoint: str) -> Any:
+        """The bound method that serves ``endpoint`` (callers checked it is served)."""
+        return getattr(self, ENDPOINTS[endpoint].engine_method)
+
+
+class TextGenerationEngine(BaseEngine):
+    """An LLM: ``generate`` serves chat, completions and ``/v1/infer``.
+
+    ``call.input`` is a string or chat messages ``[{"role", "content"}]``; ``call.params`` an
+    ``LLMParams`` (or a subclass). Chunks: ``{"text", "finish_reason"}``, the last one with ``usage``.
+    """
+
+    params_model: ClassVar[type[BasePydantic]] = LLMParams
+
+    @abstractmethod
+    def generate(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """Stream generated text for a prompt or chat messages."""
+
+    def infer(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        return self.generate(call)
+
+
+class SpeechToTextEngine(BaseEngine):
+    """Speech recognition: ``transcribe`` serves transcriptions and ``/v1/infer``.
+
+    ``call.input`` is audio (see ``common.media``); chunks carry ``text``, the last one ``language``
+    and ``duration`` (and ``segments`` when ``params.timestamps``)."""
+
+    params_model: ClassVar[type[BasePydantic]] = AudioParams
+
+    @abstractmethod
+    def transcribe(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """Stream the transcript of an audio input."""
+
+    def infer(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        return self.transcribe(call)
+
+
+def served_endpoints(engine_cls: type[BaseEngine]) -> tuple[str, ...]:
+    """The API paths an engine class answers: those whose method it implements."""
+    return tuple(path for path, e in ENDPOINTS.items() if callable(getattr(engine_cls, e.engine_method, None)))

@@ -13,10 +13,10 @@ import os
 import uuid
 from typing import Any, AsyncIterator
 
-from common import endpoints
 from common.errors import EngineError, InvalidRequestError
 from configs.llm_models import LLMParams, TransformersEngineConfig
-from servers.base_engine import BaseEngine, EngineRequest
+from common.call import ModelCall
+from servers.base_engine import TextGenerationEngine
 from servers.chat_prompt import encode_prompt, usage
 from servers.model_thread import model_executor, run_blocking
 from servers.registry import register_engine
@@ -25,10 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 @register_engine("TRANSFORMERS")
-class TransformersEngine(BaseEngine):
+class TransformersEngine(TextGenerationEngine):
     config_model = TransformersEngineConfig
-    params_model = LLMParams
-    openai_endpoints = endpoints.TEXT_GENERATION
     engine_config: TransformersEngineConfig
 
     def __init__(self, config: Any, engine_config: TransformersEngineConfig) -> None:
@@ -85,13 +83,13 @@ class TransformersEngine(BaseEngine):
             raise ValueError("the model defines no end-of-sequence token")
         return ids
 
-    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
+    async def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         from servers.generation.batcher import GenerationJob, TokenEvent
         from servers.generation.detokenizer import IncrementalDetokenizer
         from servers.generation.sampling import SequenceSampler
 
-        params: LLMParams = request.params
-        prompt_ids = self._encode(request.input, params)
+        params: LLMParams = call.params
+        prompt_ids = self._encode(call.input, params)
         self._check_length(len(prompt_ids), params.max_tokens)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
@@ -103,7 +101,7 @@ class TransformersEngine(BaseEngine):
                 pass
 
         job = GenerationJob(
-            request_id=request.request_id or uuid.uuid4().hex,
+            request_id=call.request_id or uuid.uuid4().hex,
             prompt_ids=prompt_ids,
             max_new_tokens=params.max_tokens,
             sampler=SequenceSampler(params, prompt_ids, self._vocab_size()),

@@ -17,7 +17,8 @@ from common.media import VideoFrames, decode_audio, read_media, sample_video_fra
 from configs.audio_models import AudioParams
 from configs.video_models import VideoEngineConfig, VideoParams
 from configs.vision_models import VisionParams
-from servers.base_engine import BaseEngine, EngineRequest
+from common.call import ModelCall
+from servers.base_engine import BaseEngine
 from servers.model_thread import model_executor, run_blocking
 from servers.media.speech import Segment, SpeechBackend, TranscriptInfo, load_speech_backend, transcribe_stream
 from servers.media.vision import VisionBackend, check_vision_params, load_vision_backend
@@ -54,10 +55,10 @@ class VideoEngine(BaseEngine):
             classifier = VideoClassifier(cfg.classifier.model_source, cfg.classifier)
         return vision, speech, classifier
 
-    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
-        params: VideoParams = request.params
+    async def infer(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        params: VideoParams = call.params
         self._check(params)
-        data = read_media(request.input, "video", self.engine_config.limits())
+        data = read_media(call.input, "video", self.engine_config.limits())
         self.requests += 1
         if params.task == "video-classification":
             yield {**await self._classify(data, params), "finish_reason": "stop"}
@@ -72,10 +73,10 @@ class VideoEngine(BaseEngine):
                 continue
             delta = lines.add(entry)
             entries.append(entry)
-            if request.stream:
+            if call.stream:
                 yield {"text": delta, "entry": entry, "finish_reason": None}
         final = {"duration": round(frames.duration, 3), "language": language, "has_audio": frames.has_audio}
-        if request.stream:
+        if call.stream:
             yield {"text": "", **final, "finish_reason": "stop"}
             return
         text = lines.text()

@@ -14,7 +14,8 @@ from typing import Any, AsyncIterator
 
 from common.media import decode_image, read_media
 from configs.vision_models import VisionEngineConfig, VisionParams
-from servers.base_engine import BaseEngine, EngineRequest
+from common.call import ModelCall
+from servers.base_engine import BaseEngine
 from servers.media.runtime import MicroBatcher
 from servers.model_thread import model_executor, run_blocking
 from servers.media.vision import VisionBackend, check_vision_params, load_vision_backend
@@ -42,11 +43,11 @@ class VisionEngine(BaseEngine):
         backend = self.backend
         self.batcher = MicroBatcher(self._executor, lambda params, images: backend.run(images, params), self.engine_config.max_batch_size)
 
-    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
+    async def infer(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         assert self.backend is not None
-        params: VisionParams = request.params
+        params: VisionParams = call.params
         check_vision_params(self.backend.task, params)
-        data = read_media(request.input, "image", self.engine_config.limits())
+        data = read_media(call.input, "image", self.engine_config.limits())
         image = await asyncio.to_thread(decode_image, data, self.engine_config.max_image_pixels)  # off the model's thread: decoding overlaps inference
         assert self.batcher is not None
         result = await self.batcher.submit(params.model_dump_json(), params, image)

@@ -21,7 +21,8 @@ from typing import Any, AsyncIterator
 from common.errors import InvalidRequestError, ServingError
 from configs.llm_models import LLMParams
 from configs.vllm_models import VLLMEngineConfig
-from servers.base_engine import BaseEngine, EngineRequest
+from common.call import ModelCall
+from servers.base_engine import TextGenerationEngine
 from servers.chat_prompt import encode_prompt, usage
 from servers.registry import register_engine
 
@@ -39,9 +40,8 @@ def device_start_lock(devices: str) -> asyncio.Lock:
 
 
 @register_engine("VLLM")
-class VLLMEngine(BaseEngine):
+class VLLMEngine(TextGenerationEngine):
     config_model = VLLMEngineConfig
-    params_model = LLMParams
     engine_config: VLLMEngineConfig
 
     def __init__(self, config: Any, engine_config: VLLMEngineConfig) -> None:
@@ -101,19 +101,19 @@ class VLLMEngine(BaseEngine):
             await asyncio.to_thread(engine.shutdown)  # stops the engine-core process: frees the GPU
 
     # -- requests -------------------------------------------------------------------------
-    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
+    async def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         from vllm.exceptions import GracefulHTTPError, VLLMClientError
 
-        params: LLMParams = request.params
-        prompt_ids = encode_prompt(self.tokenizer, request.input, model_id=self.model_id,
+        params: LLMParams = call.params
+        prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id,
                                    use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
-        call = self._generate_kwargs(prompt_ids, params, request.request_id)
+        kwargs = self._generate_kwargs(prompt_ids, params, call.request_id)
         completion_tokens = 0
         self._running += 1
         try:
             # aclosing: when we are cancelled or closed, generate() is closed at once, and it
             # aborts the request inside vLLM (it does so on CancelledError and GeneratorExit).
-            async with contextlib.aclosing(self.engine.generate(**call)) as outputs:
+            async with contextlib.aclosing(self.engine.generate(**kwargs)) as outputs:
                 async for output in outputs:
                     completion = output.outputs[0]
                     completion_tokens += len(completion.token_ids)

@@ -40,7 +40,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def integration_app_args(smollm2: Path, broken_dir: Path, direct_http_port: int | None = None) -> dict[str, Any]:
+def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None = None) -> dict[str, Any]:
     """The app every integration test talks to: a real LLM, fake engines, a broken model."""
     echo = lambda model_id, deployment, **kwargs: {  # noqa: E731
         "model_loading_config": {"model_id": model_id, "model_source": "none", "type": "FAKE_ECHO"},
@@ -49,7 +49,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path, direct_http_port: int 
     }
     return {
         "engine_modules": ["tests.fake_engines", *(["tests.fake_vllm"] if importlib.util.find_spec("vllm") else [])],
-        "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0, "direct_http_port": direct_http_port},
+        "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0, "performance": {"http_port": http_port}},
         "llm_configs": [
             {
                 "model_loading_config": {"model_id": "smollm2-135m-instruct", "model_source": str(smollm2), "type": "TRANSFORMERS"},
@@ -66,6 +66,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path, direct_http_port: int 
             {"model_loading_config": {"model_id": "echo-in-router", "model_source": "none", "type": "FAKE_ECHO"},
              "in_router": True, "request_timeout_s": 2.0},
             echo("slow-start", "slow-start", start_delay_s=3600),
+            {**echo("fake-chat", "fake-chat"), "model_loading_config": {"model_id": "fake-chat", "model_source": "none", "type": "FAKE_CHAT"}},
             {**echo("echo-tight", "echo-tight"), "deployment_config": {
                 "name": "echo-tight", "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 1, "max_queued_requests": 1}},
             *media_entries(),
@@ -82,13 +83,13 @@ os.environ["MODELHOST_TEST_KEYS"] = ",".join(TEST_API_KEYS)
 SECURE_MAX_ONGOING = 2
 
 
-def secure_app_args(direct_http_port: int | None = None) -> dict[str, Any]:
+def secure_app_args(http_port: int | None = None) -> dict[str, Any]:
     """A second app: API keys, CORS, a small body limit and few requests in flight, all from router_config."""
     return {
         "engine_modules": ["tests.fake_engines"],
         "router_config": {"api_keys_env": "MODELHOST_TEST_KEYS", "cors_origins": ["https://ui.example"],
                           "max_request_body_bytes": 4096, "max_ongoing_requests": SECURE_MAX_ONGOING,
-                          "direct_http_port": direct_http_port},
+                          "performance": {"http_port": http_port}},
         "llm_configs": [{"model_loading_config": {"model_id": "echo", "model_source": "none", "type": "FAKE_ECHO"},
                          "deployment_config": {"name": "secure-echo", "ray_actor_options": {"num_cpus": 0.1}}}],
     }
@@ -139,7 +140,7 @@ def metrics_port() -> int:
 
 @pytest.fixture(scope="session")
 def direct_ports() -> dict[str, int]:
-    """``router_config.direct_http_port`` of the main and the secure app."""
+    """``router_config.performance.http_port`` (the router's own listener) of the main and the secure app."""
     return {"main": free_port(), "secure": free_port()}
 
 

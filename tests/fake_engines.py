@@ -12,8 +12,10 @@ from typing import Any, AsyncIterator
 from pydantic import Field
 
 from common.base_pydantic import BasePydantic
+from common.call import ModelCall
 from common.errors import InvalidRequestError
-from servers.base_engine import BaseEngine, EngineRequest
+from configs.llm_models import LLMParams
+from servers.base_engine import BaseEngine, TextGenerationEngine
 from servers.registry import register_engine
 
 
@@ -34,8 +36,7 @@ class FakeEchoEngine(BaseEngine):
     """Echoes the input's words back, one chunk per word, optionally slowly or failing."""
 
     config_model = FakeEchoKwargs
-    params_model = FakeEchoParams
-    openai_endpoints = ()  # not an LLM: it serves /v1/infer only
+    params_model = FakeEchoParams  # not an LLM: it serves /v1/infer only
     engine_config: FakeEchoKwargs
 
     def __init__(self, config: Any, engine_config: FakeEchoKwargs) -> None:
@@ -48,11 +49,11 @@ class FakeEchoEngine(BaseEngine):
         if self.engine_config.fail_on_start:
             raise RuntimeError("fake engine configured to fail on start")
 
-    async def infer(self, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
-        if not isinstance(request.input, str):
+    async def infer(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        if not isinstance(call.input, str):
             raise InvalidRequestError("FAKE_ECHO takes a string input", param="input")
-        params: FakeEchoParams = request.params
-        words = (self.engine_config.prefix + request.input).split(" ") * params.repeat
+        params: FakeEchoParams = call.params
+        words = (self.engine_config.prefix + call.input).split(" ") * params.repeat
         try:
             for i, word in enumerate(words):
                 if params.fail_after is not None and i >= params.fail_after:
@@ -68,3 +69,40 @@ class FakeEchoEngine(BaseEngine):
 
     def stats(self) -> dict[str, Any]:
         return {"chunks_sent": self.chunks_sent, "cancelled": self.cancelled, "pid": os.getpid()}
+
+
+class FakeChatParams(LLMParams):
+    """An LLM's params plus the echo's knobs, so OpenAI's fields validate as they do for a real LLM."""
+
+    delay_s: float = Field(default=0.0, ge=0, le=60)
+
+
+@register_engine("FAKE_CHAT")
+class FakeChatEngine(TextGenerationEngine):
+    """Echoes the prompt (or the last chat message) word by word, as an LLM would stream text, and
+    records what each endpoint called it with (``stats()["calls"]``: endpoint -> type of the call and
+    of its params), so tests can see that every route reaches engines the same way."""
+
+    config_model = FakeEchoKwargs
+    params_model = FakeChatParams
+
+    def __init__(self, config: Any, engine_config: FakeEchoKwargs) -> None:
+        super().__init__(config, engine_config)
+        self.calls: dict[str, list[str]] = {}
+
+    async def start(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": self.calls}
+
+    async def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        self.calls[call.endpoint] = [type(call).__qualname__, type(call.params).__qualname__]
+        text = call.input[-1]["content"] if isinstance(call.input, list) else str(call.input)
+        words = text.split(" ")[: call.params.max_tokens]
+        for i, word in enumerate(words):
+            if call.params.delay_s:
+                await asyncio.sleep(call.params.delay_s)
+            yield {"text": word if i == 0 else " " + word, "finish_reason": None}
+        usage = {"prompt_tokens": len(text.split(" ")), "completion_tokens": len(words), "total_tokens": len(text.split(" ")) + len(words)}
+        yield {"text": "", "finish_reason": "stop", "usage": usage}

@@ -26,10 +26,11 @@ def test_parallel_workers_transcribe_concurrent_requests_alike(whisper: EngineHa
     request_params = whisper.engine.params_model.model_validate({})
 
     async def together() -> list[str]:
-        from servers.base_engine import EngineRequest
+        from common.call import ModelCall
+        from common.endpoints import INFER
 
         async def one() -> str:
-            request = EngineRequest("r", "m", SPEECH, request_params)
+            request = ModelCall("r", "m", INFER, SPEECH, request_params)
             return [chunk async for chunk in whisper.engine.infer(request)][0]["text"]
 
         return await asyncio.gather(one(), one(), one())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,11 @@ def test_config_path_arg_selects_the_file(tmp_path: Path) -> None:
 
 def test_router_config_beside_config_path_overrides_the_files(tmp_path: Path) -> None:
     path = write_config(tmp_path, [entry("picked")], router_config={"request_timeout_s": 5, "num_cpus": 0.2})
-    args = {"config_path": str(path), "router_config": {"direct_http_port": 8001, "num_cpus": 0.5}}
+    args = {"config_path": str(path), "router_config": {"performance": {"http_port": 8001}, "num_cpus": 0.5}}
     router = load_app_config(args, default_path="nope.yaml").router
-    assert (router.direct_http_port, router.num_cpus, router.request_timeout_s) == (8001, 0.5, 5)
-    with pytest.raises(ConfigError, match=r"router_config.*direct_http_port"):
-        load_app_config({**args, "router_config": {"direct_http_port": 0}}, default_path="nope.yaml")
+    assert (router.performance.http_port, router.num_cpus, router.request_timeout_s) == (8001, 0.5, 5)
+    with pytest.raises(ConfigError, match=r"router_config.performance.http_port"):
+        load_app_config({**args, "router_config": {"performance": {"http_port": 0}}}, default_path="nope.yaml")
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -173,3 +174,21 @@ def test_build_app_groups_entries_by_deployment_name() -> None:
     assert [e["deployment"] for e in index] == ["shared", "shared", "solo"]
     assert handles["shared"]._bound_deployment.ray_actor_options["num_cpus"] == 0.1
     assert handles["shared"]._bound_deployment.max_ongoing_requests == 64  # ours, not Ray's 5
+
+
+def test_each_environment_variable_overrides_its_one_field_and_docs_list_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from configs.env_overrides import ENV_OVERRIDES, field_label
+
+    path = write_config(tmp_path, [entry("picked")], router_config={"request_timeout_s": 5})
+    monkeypatch.setenv("MODELHOST_HTTP_PORT", "8123")
+    monkeypatch.setenv("MODELHOST_REQUEST_TIMEOUT_S", "7")
+    router = load_app_config({"config_path": str(path)}, default_path="nope.yaml").router
+    assert (router.performance.http_port, router.request_timeout_s, router.performance.http_host) == (8123, 7, "127.0.0.1")
+    monkeypatch.setenv("MODELHOST_HTTP_PORT", "null")
+    assert load_app_config({"config_path": str(path)}, default_path="nope.yaml").router.performance.http_port is None
+    monkeypatch.setenv("MODELHOST_HTTP_PORT", "0")
+    with pytest.raises(ConfigError, match=r"router_config.performance.http_port: .*\(from the environment variable MODELHOST_HTTP_PORT\)"):
+        load_app_config({"config_path": str(path)}, default_path="nope.yaml")
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    rows = set(re.findall(r"^\| `(MODELHOST_[A-Z_]+)` \| `(router_config\.[a-z_.]+)` \|", documented, flags=re.M))
+    assert rows == {(name, field_label(path)) for name, path in ENV_OVERRIDES.items()}

@@ -15,7 +15,8 @@ import pytest
 from common.errors import InvalidRequestError
 from configs.llm_models import LLMParams, TransformersEngineConfig
 from configs.server_models import MultiModelConfig
-from servers.base_engine import EngineRequest
+from common.call import ModelCall
+from common.endpoints import INFER
 from servers.generation.detokenizer import IncrementalDetokenizer
 from servers.transformers_engine import TransformersEngine
 
@@ -42,7 +43,7 @@ def generate(engine: Any, prompt: Any, delay: float = 0.0, **params: Any) -> tup
     async def run() -> tuple[str, dict]:
         await asyncio.sleep(delay)
         text, last = [], {}
-        async for chunk in eng.infer(EngineRequest("r", "tiny", prompt, LLMParams(**params))):
+        async for chunk in eng.infer(ModelCall("r", "tiny", INFER, prompt, LLMParams(**params))):
             text.append(chunk["text"])
             last = chunk
         return "".join(text), last
@@ -106,7 +107,7 @@ def test_cancelled_request_leaves_the_batch(engine: Any) -> None:
     eng, loop = engine
 
     async def cancel_early() -> None:
-        gen = eng.infer(EngineRequest("c", "tiny", "hello", LLMParams(max_tokens=200, temperature=0, raw_prompt=True)))
+        gen = eng.infer(ModelCall("c", "tiny", INFER, "hello", LLMParams(max_tokens=200, temperature=0, raw_prompt=True)))
         await anext(gen)
         await gen.aclose()
         for _ in range(100):

@@ -61,7 +61,7 @@ def test_manifest_validates_against_the_crd(path: Path, manifests: dict[str, Any
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_serve_config_round_trips_to_our_applications_block(path: Path, manifests: dict[str, Any]) -> None:
     serve_config = yaml.safe_load(manifests[path.name]["spec"]["serveConfigV2"])
-    assert serve_config == yaml.safe_load(path.read_text())
+    assert serve_config == {**yaml.safe_load(path.read_text()), "proxy_location": "EveryNode"}
     assert serve_config["applications"][0]["import_path"] == "vllm_host:build_app"
 
 
@@ -151,6 +151,12 @@ def test_bare_llm_configs_file_is_wrapped_as_one_application(tmp_path: Path) -> 
     apps = yaml.safe_load(build_rayservice(path)["spec"]["serveConfigV2"])["applications"]
     assert [(a["name"], a["import_path"]) for a in apps] == [("default", "vllm_host:build_app")]
     assert apps[0]["args"] == yaml.safe_load(path.read_text())
+
+
+def test_rays_proxies_stay_on_for_kuberay() -> None:
+    """KubeRay's readiness checks go through Ray's proxies, even where our file disables them for `serve run`."""
+    config = yaml.safe_load(build_rayservice(REPO_ROOT / "model_config.yaml")["spec"]["serveConfigV2"])
+    assert config["proxy_location"] == "EveryNode"
 
 
 def test_invalid_config_is_refused_before_any_manifest(tmp_path: Path) -> None:

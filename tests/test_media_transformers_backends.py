@@ -13,7 +13,8 @@ import pytest
 
 from common.errors import InvalidRequestError
 from configs.server_models import MultiModelConfig
-from servers.base_engine import EngineRequest
+from common.call import ModelCall
+from common.endpoints import INFER
 from servers.registry import get_engine_class
 from tests.conftest import FIXTURES_DIR, WHISPER_DIR
 from tests.tiny_media_models import LABELS
@@ -40,7 +41,7 @@ class EngineHarness:
         asyncio.run(self.engine.start())
 
     def infer(self, value: Any, stream: bool = False, **params: Any) -> list[dict[str, Any]]:
-        request = EngineRequest("r", "m", value, self.engine.params_model.model_validate(params), stream)
+        request = ModelCall("r", "m", INFER, value, self.engine.params_model.model_validate(params), stream)
 
         async def collect() -> list[dict[str, Any]]:
             return [chunk async for chunk in self.engine.infer(request)]
@@ -131,7 +132,7 @@ def test_transformers_asr_rejects_what_the_model_cannot_do(tiny_whisper: EngineH
 
 def test_concurrent_requests_get_the_same_answer_as_one_alone(vit: EngineHarness) -> None:
     [alone] = vit.infer(b64("text.png"), top_k=3)
-    request = EngineRequest("r", "m", b64("text.png"), vit.engine.params_model.model_validate({"top_k": 3}))
+    request = ModelCall("r", "m", INFER, b64("text.png"), vit.engine.params_model.model_validate({"top_k": 3}))
 
     async def together() -> list[list[dict[str, Any]]]:
         async def one() -> list[dict[str, Any]]:

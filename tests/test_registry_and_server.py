@@ -6,10 +6,12 @@ import asyncio
 
 import pytest
 
-from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
+from common.call import ModelCall
+from common.endpoints import CHAT_COMPLETIONS, INFER, TRANSCRIPTIONS
+from common.errors import ModelNotReadyError, NotFoundError
 from configs.server_models import MultiModelConfig
 from serve.deployments.multi_model_server import MultiModelServer
-from servers.base_engine import BaseEngine
+from servers.base_engine import BaseEngine, served_endpoints
 from servers.registry import ENGINE_REGISTRY, get_engine_class, known_engine_types, register_engine
 from tests import fake_engines
 
@@ -20,8 +22,9 @@ def config(model_id: str, **kwargs: object) -> MultiModelConfig:
     )
 
 
-async def collect(server: MultiModelServer, request: dict) -> list[dict]:
-    return [chunk async for chunk in server.infer(request)]
+async def collect(server: MultiModelServer, model_id: str, value: str, **params: object) -> list[dict]:
+    call = ModelCall("r", model_id, INFER, value, fake_engines.FakeEchoParams(**params))
+    return [chunk async for chunk in server.call(call)]
 
 
 def test_builtin_types_resolve_lazily() -> None:
@@ -52,15 +55,12 @@ def test_server_loads_concurrently_and_isolates_failures() -> None:
         status = {m["model_id"]: m for m in server.describe()}
         assert status["ok"]["status"] == "ready" and status["bad"]["status"] == "failed"
         assert "fail on start" in status["bad"]["error"]
-        chunks = await collect(server, {"model_id": "ok", "input": "hi there", "params": {}})
+        chunks = await collect(server, "ok", "hi there")
         assert "".join(c["text"] for c in chunks) == "> hi there"
         with pytest.raises(ModelNotReadyError):
-            await collect(server, {"model_id": "bad", "input": "x"})
+            await collect(server, "bad", "x")
         with pytest.raises(NotFoundError):
-            await collect(server, {"model_id": "missing", "input": "x"})
-        with pytest.raises(InvalidRequestError) as info:
-            await collect(server, {"model_id": "ok", "input": "x", "params": {"repeat": 0}})
-        assert info.value.param == "params.repeat"
+            await collect(server, "missing", "x")
         await server.check_health()
         await server.stop()
 
@@ -72,8 +72,16 @@ def test_request_waits_for_a_loading_model() -> None:
         server = MultiModelServer([config("slow", start_delay_s=0.3)])
         start = asyncio.create_task(server.start())
         assert server.describe()[0]["status"] == "loading"
-        chunks = await collect(server, {"model_id": "slow", "input": "done", "params": {}})
+        chunks = await collect(server, "slow", "done")
         assert chunks[0]["text"] == "done"
         await start
 
     asyncio.run(scenario())
+
+
+def test_served_endpoints_follow_from_the_methods_an_engine_implements() -> None:
+    """No list kept by hand: an LLM engine serves chat because it implements ``generate``."""
+    assert served_endpoints(get_engine_class("TRANSFORMERS")) == (INFER, CHAT_COMPLETIONS, "/v1/completions")
+    assert served_endpoints(get_engine_class("VLLM")) == (INFER, CHAT_COMPLETIONS, "/v1/completions")
+    assert served_endpoints(get_engine_class("AUDIO")) == (INFER, TRANSCRIPTIONS)
+    assert served_endpoints(get_engine_class("VISION")) == served_endpoints(get_engine_class("FAKE_ECHO")) == (INFER,)

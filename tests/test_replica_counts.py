@@ -53,8 +53,8 @@ def test_a_deployment_that_lost_all_replicas_is_503_but_scale_to_zero_is_woken()
     d = directory({"lost-d": Replicas(running=1, target=1), "zero-d": Replicas(running=1, target=1)}, lost, zero)
     d.replica_counts.counts = {"lost-d": Replicas(running=0, target=1), "zero-d": Replicas(running=0, target=1)}
     with pytest.raises(ModelNotReadyError):
-        d.backend_for("lost")
-    assert isinstance(d.backend_for("zero"), NeverCalled)
+        d.resolve("lost", "/v1/infer", "model_id")
+    assert isinstance(d.resolve("zero", "/v1/infer", "model_id").backend, NeverCalled)
 
 
 def test_a_waiting_request_is_released_when_its_deployment_loses_its_replicas() -> None:
@@ -62,13 +62,22 @@ def test_a_waiting_request_is_released_when_its_deployment_loses_its_replicas() 
 
     async def scenario() -> None:
         never = asyncio.get_running_loop().create_future()
-        waiting = asyncio.ensure_future(d.first_chunk("lost", never, poll_s=0.01))
+        closed = []
+
+        async def chunks() -> Any:
+            try:
+                yield await never
+            finally:
+                closed.append(True)
+
+        watched = d.watch_first_chunk(d.get("lost"), chunks(), poll_s=0.01)
+        waiting = asyncio.ensure_future(anext(watched))
         await asyncio.sleep(0.05)
         assert not waiting.done()
         d.replica_counts.counts = {"lost-d": Replicas(running=0, target=1)}
         with pytest.raises(ModelNotReadyError):
             await asyncio.wait_for(waiting, 5)
-        assert never.cancelled()
+        assert never.cancelled() and closed == [True]
 
     asyncio.run(scenario())
 

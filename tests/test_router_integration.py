@@ -113,6 +113,23 @@ def test_slow_model_shows_loading_and_health_is_503(client: httpx.Client) -> Non
     assert statuses["slow-start"]["status"] == "loading"
     assert statuses["broken-llm"]["status"] in ("loading", "failed")
     assert statuses["echo-solo"]["status"] == "ready"
+    for probe in ("/health", "/ping"):  # vLLM's server answers these; load tools and orchestrators probe them
+        ready = client.get(probe)
+        assert ready.status_code == 503 and ready.json()["status"] == "degraded"
+        assert ready.json()["not_ready"]["slow-start"] == "loading" and "echo-solo" not in ready.json()["not_ready"]
+
+
+def test_every_route_reaches_the_engine_as_the_same_typed_call(client: httpx.Client) -> None:
+    """/v1/infer, chat and completions all arrive as one ModelCall with the engine's params model."""
+    wait_ready(client, "fake-chat")
+    assert client.post("/v1/infer", json={"model_id": "fake-chat", "input": "one two"}).json()["text"] == "one two"
+    chat = client.post("/v1/chat/completions", json={"model": "fake-chat", "messages": [{"role": "user", "content": "three four"}]})
+    assert chat.json()["choices"][0]["message"]["content"] == "three four"
+    with client.stream("POST", "/v1/completions", json={"model": "fake-chat", "prompt": "five six", "stream": True}) as r:
+        events = sse_events(r)
+    assert "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"]) == "five six"
+    calls = model_status(client, "fake-chat")["stats"]["calls"]
+    assert calls == {path: ["ModelCall", "FakeChatParams"] for path in ("/v1/infer", "/v1/chat/completions", "/v1/completions")}
 
 
 def test_unknown_model_is_404_listing_available_ids(client: httpx.Client) -> None:

@@ -32,7 +32,8 @@ from configs.server_models import MultiModelConfig  # noqa: E402
 from configs.vllm_models import VLLMEngineConfig  # noqa: E402
 from serve.deployments.multi_model_server import MultiModelServer  # noqa: E402
 from servers import vllm_engine  # noqa: E402
-from servers.base_engine import EngineRequest  # noqa: E402
+from common.call import ModelCall  # noqa: E402
+from common.endpoints import INFER  # noqa: E402
 from servers.registry import get_engine_class  # noqa: E402
 from tests.fake_vllm import CHAT_TEMPLATE_MARK, FakeAsyncLLM, FakeVLLMEngine, FakeVLLMEngineConfig  # noqa: E402
 
@@ -221,7 +222,7 @@ def test_outside_ray_no_placement_group_is_looked_up(monkeypatch: pytest.MonkeyP
 
 # -- streaming, abort, health, stop through the real VLLMEngine over FakeAsyncLLM ------------
 async def run(engine: FakeVLLMEngine, value: Any, **params: Any) -> list[dict[str, Any]]:
-    request = EngineRequest(request_id="r", model_id="fake", input=value, params=LLMParams(**params))
+    request = ModelCall(request_id="r", model_id="fake", endpoint=INFER, input=value, params=LLMParams(**params))
     return [chunk async for chunk in engine.infer(request)]
 
 
@@ -274,7 +275,7 @@ def test_closing_the_stream_aborts_the_request_in_the_engine() -> None:
     async def scenario() -> None:
         engine = fake_engine()
         await engine.start()
-        request = EngineRequest(request_id="r", model_id="fake", input="abc", params=LLMParams(max_tokens=1000, raw_prompt=True))
+        request = ModelCall(request_id="r", model_id="fake", endpoint=INFER, input="abc", params=LLMParams(max_tokens=1000, raw_prompt=True))
         stream = engine.infer(request)
         assert (await anext(stream))["text"] == "a"
         await stream.aclose()  # what Ray Serve does when the client disconnects
@@ -292,7 +293,7 @@ def test_cancelling_the_task_aborts_the_request_in_the_engine() -> None:
         first = asyncio.Event()
 
         async def consume() -> None:
-            async for _ in engine.infer(EngineRequest("r", "fake", "abc", LLMParams(max_tokens=2000, raw_prompt=True))):
+            async for _ in engine.infer(ModelCall("r", "fake", INFER, "abc", LLMParams(max_tokens=2000, raw_prompt=True))):
                 first.set()
 
         task = asyncio.create_task(consume())
@@ -311,7 +312,7 @@ def test_closing_the_servers_stream_reaches_the_engine() -> None:
     async def scenario() -> None:
         server = MultiModelServer([fake_engine().config])
         await server.start()
-        stream = server.infer({"model_id": "fake", "input": "abc", "params": {"max_tokens": 1000, "raw_prompt": True}})
+        stream = server.call(ModelCall("r", "fake", INFER, "abc", LLMParams(max_tokens=1000, raw_prompt=True)))
         await anext(stream)
         await stream.aclose()
         engine = server.models["fake"].engine

@@ -89,3 +89,24 @@ def test_request_timeout_aborts_the_request_in_the_engine(client: httpx.Client) 
     body = {"model_id": "fake-vllm-slow", "input": "abc", "params": {"max_tokens": 400, "raw_prompt": True}}
     assert_error(client.post("/v1/infer", json=body), 504, "timeout_error")
     wait_until(lambda: stats(client, "fake-vllm-slow")["fake_engine_aborts"] > before, timeout=60)
+
+
+def test_vllm_model_serves_openai_chat_streamed_and_not(serve_app: str, client: httpx.Client) -> None:
+    """VLLM engines serve chat because they implement ``generate`` (it once answered 400 unsupported_endpoint)."""
+    import openai
+
+    wait_ready(client, "fake-vllm")
+    listed = model_status(client, "fake-vllm")["endpoints"]
+    assert "/v1/chat/completions" in listed and "/v1/completions" in listed
+    oai = openai.OpenAI(base_url=f"{serve_app}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "yo"}]
+    reply = oai.chat.completions.create(model="fake-vllm", messages=messages, max_tokens=8)
+    assert reply.choices[0].message.content == "<|user|>" and reply.choices[0].finish_reason == "length"
+    assert reply.usage.prompt_tokens == len("<|user|>yo" + CHAT_TEMPLATE_MARK) and reply.usage.completion_tokens == 8
+    streamed = oai.chat.completions.create(model="fake-vllm", messages=messages, max_tokens=8, stream=True,
+                                           stream_options={"include_usage": True})
+    chunks = list(streamed)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "<|user|>"
+    assert chunks[-1].usage.completion_tokens == 8
+    text = oai.completions.create(model="fake-vllm", prompt="abc", max_tokens=4)
+    assert text.choices[0].text == "abca"

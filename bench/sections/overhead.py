@@ -1,9 +1,10 @@
-"""overhead: what the serving path costs, with an engine that costs nothing (the fake echo engine).
+"""overhead: what the serving path costs, with engines that cost nothing (the fake echo and chat engines).
 
-The same ``FakeEchoEngine`` through the platform (``serve run``: proxy -> router -> model replica), a
-plain single-process FastAPI app (the baseline, measured beside each system in turn) and LitServe, at
-concurrency 1, 16 and 64, JSON and SSE (16 chunks per answer): p50/p99 latency, requests/s, time to
-first chunk, inter-chunk gap.
+``POST /v1/infer`` on ``FakeEchoEngine`` and ``POST /v1/chat/completions`` on ``FakeChatEngine`` through
+the platform (``serve run`` as the profile starts it; ``default`` is ``make run``'s: the router's own
+listener -> router replica -> model replica), a plain single-process FastAPI app (the baseline, measured
+beside each system in turn) and LitServe (its OpenAI spec for chat), at concurrency 1, 16 and 64, JSON
+and SSE (16 chunks per answer): p50/p99 latency, requests/s, time to first chunk, inter-chunk gap.
 Ray Serve's floor (the baseline's handler as one Serve deployment, ``bench/ray_floor_app.py``, under
 the same profile flags) shows how much of the platform's cost any Ray Serve app pays.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from bench.cpu_share import CpuMeter, labels_by_share
-from bench.echo import ECHO_BODY, ECHO_CHUNKS
+from bench.echo import CHAT_BODY, ECHO_BODY, ECHO_CHUNKS, chat_entry
 from bench.launcher import Platform, RayFloor
 from bench.loadgen import run_load
 from bench.models import FAKE_ENGINE_MODULES, echo_entry
@@ -36,21 +37,28 @@ PLAIN_BESIDE = "plain FastAPI beside each system"  # raw key: the two plain runs
 @dataclass
 class Target:
     url: str
-    stream_url: str  # LitServe serves streams on a path of their own
+    stream_url: str  # LitServe serves /v1/infer streams on a path of their own
+    chat_url: str | None = None  # systems without a chat endpoint (Ray's floor) leave it out
 
 
 def measure(target: Target, settings: RunSettings) -> dict[str, dict[str, Any]]:
-    """Median summaries keyed ``c1``, ``c1_stream``, ... after a short warm-up."""
-    for stream in (False, True):
-        asyncio.run(run_load(target.stream_url if stream else target.url, ECHO_BODY, 4, settings.size(8, 40), stream))
+    """Median summaries keyed ``c1``, ``c1_stream``, ... (``/v1/infer``) and ``chat_c1``, ``chat_c1_stream``, ...
+    (``/v1/chat/completions``) after a short warm-up."""
+    workloads = [("", target.url, target.stream_url, ECHO_BODY)]
+    if target.chat_url:
+        workloads.append(("chat_", target.chat_url, target.chat_url, CHAT_BODY))
     out: dict[str, dict[str, Any]] = {}
-    for c in CONCURRENCY:
-        total = settings.size(max(16, 2 * c), max(400, 10 * c))
+    for prefix, url, stream_url, body in workloads:
         for stream in (False, True):
-            url = target.stream_url if stream else target.url
-            runs = [asyncio.run(run_load(url, ECHO_BODY, c, total, stream)).summary() for _ in range(settings.repeats)]
-            out[f"c{c}{'_stream' if stream else ''}"] = median_runs(runs)
-            logger.info("c=%d stream=%s: %s", c, stream, out[f"c{c}{'_stream' if stream else ''}"])
+            asyncio.run(run_load(stream_url if stream else url, body, 4, settings.size(8, 40), stream))
+        for c in CONCURRENCY:
+            total = settings.size(max(16, 2 * c), max(400, 10 * c))
+            for stream in (False, True):
+                key = f"{prefix}c{c}{'_stream' if stream else ''}"
+                runs = [asyncio.run(run_load(stream_url if stream else url, body, c, total, stream)).summary()
+                        for _ in range(settings.repeats)]
+                out[key] = median_runs(runs)
+                logger.info("%s: %s", key, out[key])
     return out
 
 
@@ -69,12 +77,13 @@ def run(settings: RunSettings) -> SectionOutput:
     raw: dict[str, Any] = {}
     cpu: dict[str, dict[str, float]] = {}
     with Server("overhead-plain", "bench.plain_app") as plain:
-        plain_target = Target(f"{plain.base_url}/v1/infer", f"{plain.base_url}/v1/infer")
+        plain_target = Target(f"{plain.base_url}/v1/infer", f"{plain.base_url}/v1/infer", f"{plain.base_url}/v1/chat/completions")
         brackets, order = [measure(plain_target, settings)], []
         for name, start, stream_path in _systems(settings):
             order.append(name)
             with start() as server:
-                target = Target(f"{server.base_url}/v1/infer", f"{server.base_url}{stream_path}")
+                chat = f"{server.base_url}/v1/chat/completions" if name != RAY_FLOOR else None
+                target = Target(f"{server.base_url}/v1/infer", f"{server.base_url}{stream_path}", chat)
                 raw[name] = measure(target, settings)
                 cpu[name] = measure_cpu(target, server.proc.pid, settings)
             brackets.append(measure(plain_target, settings))
@@ -88,7 +97,7 @@ def run(settings: RunSettings) -> SectionOutput:
 def _systems(settings: RunSettings) -> list[tuple[str, Callable[[], Any], str]]:
     """(name, launcher factory, stream path): LitServe serves streams on a path of its own."""
     return [
-        (PLATFORM, lambda: Platform([echo_entry()], settings.profile, engine_modules=FAKE_ENGINE_MODULES,
+        (PLATFORM, lambda: Platform([echo_entry(), chat_entry()], settings.profile, engine_modules=FAKE_ENGINE_MODULES,
                                     label="overhead-platform"), "/v1/infer"),
         (RAY_FLOOR, lambda: RayFloor(settings.profile, label="overhead-ray-floor"), "/v1/infer"),
         (LITSERVE, lambda: Server("overhead-litserve", "bench.litserve_echo"), "/v1/infer/stream"),
@@ -121,13 +130,16 @@ ROWS = [  # (label, key in raw, field, in the chart at concurrency 1 / at every 
 def build_table(raw: dict[str, Any]) -> Table:
     systems = [s for s in (PLATFORM, RAY_FLOOR, LITSERVE, PLAIN) if s in raw]
     beside = raw.get(PLAIN_BESIDE, {})
-    table = Table(f"Echo engine (no model work): {' vs '.join(systems)}", systems, PLAIN)
-    for c in CONCURRENCY:
-        for label, suffix, field, chart in ROWS:
-            key = f"c{c}{suffix}"
-            values = {s: raw[s][key][field] for s in systems}
-            baselines = {s: beside[s][key][field] for s in beside if s in systems}
-            table.add(f"c={c} {label}", values, key=chart == "all" or (chart == "c1" and c == 1), baselines=baselines)
+    table = Table(f"Echo engines (no model work): {' vs '.join(systems)}", systems, PLAIN)
+    for prefix, route in (("", "/v1/infer"), ("chat_", "chat")):
+        for c in CONCURRENCY:
+            for label, suffix, field, chart in ROWS:
+                key = f"{prefix}c{c}{suffix}"
+                values = {s: raw[s][key][field] for s in systems if key in raw[s]}
+                baselines = {s: beside[s][key][field] for s in beside if s in systems and key in beside[s]}
+                if values:
+                    table.add(f"{route} c={c} {label}", values, key=chart == "all" or (chart == "c1" and c == 1),
+                              baselines=baselines)
     table.notes.append(f"Each streamed answer is {ECHO_CHUNKS} SSE events plus a final one, with no delay in the engine; "
                        "inter-chunk gap = per stream (last event - first event) / (events - 1), median over streams.")
     if beside:

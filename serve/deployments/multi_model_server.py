@@ -1,4 +1,5 @@
-"""Hosts every engine of one deployment: loads them concurrently and dispatches requests.
+"""Hosts every engine of one deployment (or of the router's ``in_router`` entries): loads them
+concurrently in the background and runs each ``ModelCall`` on its model's engine.
 
 One engine failing to load is recorded as ``failed`` with its error; the others keep serving.
 """
@@ -12,14 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from pydantic import ValidationError
-
-from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
-from configs.loader import format_validation_error
+from common.call import ModelCall
+from common.errors import ModelNotReadyError, NotFoundError
 from configs.server_models import MultiModelConfig
-from servers.base_engine import BaseEngine, EngineRequest
+from servers.base_engine import BaseEngine, Chunk
 from servers.registry import ENGINE_REGISTRY, get_engine_class, register_engine
 
+# The reference design imports register_engine from here.
 __all__ = ["ENGINE_REGISTRY", "MultiModelServer", "register_engine"]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ class ModelSlot:
 class MultiModelServer:
     def __init__(self, configs: list[MultiModelConfig]) -> None:
         self.models: dict[str, ModelSlot] = {c.model_id: ModelSlot(c) for c in configs}
+        self._start_task: asyncio.Task[None] | None = None
+
+    def start_in_background(self) -> None:
+        """Begin loading every engine; the host answers status calls meanwhile."""
+        self._start_task = asyncio.get_running_loop().create_task(self.start())
 
     async def start(self) -> None:
         """Load all engines concurrently; never raises (failures are kept per model)."""
@@ -51,38 +56,26 @@ class MultiModelServer:
         try:
             engine_cls = get_engine_class(cfg.engine_type)
             engine = engine_cls(cfg, engine_cls.config_model.model_validate(cfg.engine_kwargs))
-            logger.info("loading model '%s' (%s)", cfg.model_id, cfg.engine_type)
+            logger.info("model '%s' (%s) starting", cfg.model_id, cfg.engine_type)
             await engine.start()
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not raised
             slot.status, slot.error = FAILED, f"{type(exc).__name__}: {exc}"
-            logger.exception("model '%s' failed to load", cfg.model_id)
+            logger.error("model '%s' failed to load: %s", cfg.model_id, slot.error, exc_info=exc)
         else:
             slot.engine, slot.status = engine, READY
-            logger.info("model '%s' ready in %.1fs", cfg.model_id, time.monotonic() - began)
+            logger.info("model '%s' ready in %.1f s", cfg.model_id, time.monotonic() - began)
         slot.load_seconds = round(time.monotonic() - began, 3)
         slot.settled.set()
 
-    async def infer(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        slot = self._slot(request["model_id"])
-        await slot.settled.wait()  # the router's timeout bounds this wait
+    async def call(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """The engine's chunks for one call; waits (within the router's deadline) for a loading model."""
+        slot = self._slot(call.model_id)
+        await slot.settled.wait()
         if slot.status != READY or slot.engine is None:
             raise ModelNotReadyError(f"model '{slot.config.model_id}' failed to load: {slot.error}")
-        engine = slot.engine
-        try:
-            params = engine.params_model.model_validate(request.get("params") or {})
-        except ValidationError as exc:
-            messages = format_validation_error(exc, engine.params_model, prefix="params")
-            raise InvalidRequestError("; ".join(messages), param=messages[0].split(":")[0]) from None
-        engine_request = EngineRequest(
-            request_id=request.get("request_id", ""),
-            model_id=slot.config.model_id,
-            input=request.get("input"),
-            params=params,
-            stream=bool(request.get("stream")),
-        )
-        # aclosing: a cancelled or closed request closes the engine's generator at once (so the
-        # engine can abort its work) instead of whenever it is garbage-collected.
-        async with contextlib.aclosing(engine.infer(engine_request)) as chunks:
+        # aclosing: a cancelled or closed call closes the engine's generator at once (so the engine
+        # can abort its work) instead of whenever it is garbage-collected.
+        async with contextlib.aclosing(slot.engine.handler(call.endpoint)(call)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -100,7 +93,9 @@ class MultiModelServer:
         ]
 
     async def check_health(self) -> None:
-        """Raise if a loaded engine stopped working; models that failed to load do not count."""
+        """Raise if loading crashed or a loaded engine stopped working; models that failed to load do not count."""
+        if self._start_task is not None and self._start_task.done() and self._start_task.exception() is not None:
+            raise RuntimeError(f"model server crashed while starting: {self._start_task.exception()}")
         for model_id, slot in self.models.items():
             if slot.engine is not None:
                 try:

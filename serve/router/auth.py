@@ -12,8 +12,8 @@ import os
 from typing import Any, Awaitable, Callable
 
 from common.errors import UnauthorizedError
-from serve.router import settings
 from serve.router.http_errors import error_response
+from serve.router.middleware import route_path
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -31,13 +31,15 @@ def key_matches(provided: bytes, keys: list[bytes]) -> bool:
 
 
 class ApiKeyMiddleware:
-    """Reads the keys and open paths from ``serve.router.settings``, set by the router at start."""
+    """Every path but ``open_paths`` needs one of ``keys`` (no keys: no check)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], keys: list[bytes], open_paths: list[str]) -> None:
         self.app = app
+        self.keys = keys
+        self.open_paths = set(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        keys = settings.CURRENT.api_keys
+        keys = self.keys
         if scope["type"] != "http" or not keys or scope.get("method") == "OPTIONS" or self._is_open(scope):
             await self.app(scope, receive, send)
             return
@@ -50,10 +52,5 @@ class ApiKeyMiddleware:
         err = UnauthorizedError(message, code="invalid_api_key")
         await error_response(err.status_code, err.to_dict(), err.headers())(scope, receive, send)
 
-    @staticmethod
-    def _is_open(scope: Scope) -> bool:
-        path = scope.get("path", "")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):] or "/"
-        return path in settings.CURRENT.open_paths
+    def _is_open(self, scope: Scope) -> bool:
+        return route_path(scope) in self.open_paths

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import ServingError
+from common.errors import ModelNotReadyError, OverloadedError, ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +57,18 @@ def response_for_exception(scope: dict[str, Any], exc: Exception) -> JSONRespons
     request_id = scope.get("state", {}).get("request_id", "")
     logger.error("unhandled error in request %s", request_id, exc_info=exc)
     return error_response(500, {"type": "internal_error", "message": f"internal error (request id {request_id})"})
+
+
+def as_serving_error(exc: BaseException, model_id: str) -> ServingError | None:
+    """Ray's failures on a model call in the error contract's terms; None for what is not a client
+    error (cancellation, or a bug: answered 500 by ``response_for_exception``)."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+    if isinstance(exc, ServingError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return OverloadedError(f"model '{model_id}' is at capacity; retry later")
+    if isinstance(exc, (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)):
+        return ModelNotReadyError(f"model '{model_id}' has no available replica ({type(exc).__name__}); retry later")
+    return None

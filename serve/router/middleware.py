@@ -7,11 +7,9 @@ import re
 from typing import Any, Awaitable, Callable
 
 from starlette.exceptions import HTTPException
-
 from starlette.middleware.cors import CORSMiddleware
 
 from common.errors import PayloadTooLargeError
-from serve.router import settings
 from serve.router.http_errors import error_response
 
 Scope = dict[str, Any]
@@ -29,10 +27,11 @@ class _BodyTooLarge(HTTPException):
 
 
 class RequestContextMiddleware:
-    """Reads the body limit from ``serve.router.settings`` (set by the router at start)."""
+    """A request id in ``scope["state"]`` (the client's ``x-request-id`` when safe), and the body limit."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], max_body_bytes: int | None) -> None:
         self.app = app
+        self.limit = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,7 +44,7 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         if request_id != incoming:
             send = _with_header(send, b"x-request-id", request_id.encode())
-        limit = settings.CURRENT.max_request_body_bytes
+        limit = self.limit
         declared = headers.get(b"content-length", b"")
         if limit and declared.isdigit() and int(declared) > limit:
             await _send_too_large(scope, receive, send, limit)
@@ -95,23 +94,21 @@ async def _send_too_large(scope: Scope, receive: Receive, send: Send, limit: int
     await error_response(err.status_code, err.to_dict())(scope, receive, send)
 
 
-class ConfiguredCORSMiddleware:
-    """CORS for the origins in ``router_config.cors_origins``; none configured = no CORS headers."""
+def cors(app: Callable[..., Awaitable[None]], origins: list[str]) -> Callable[..., Awaitable[None]]:
+    """CORS for ``router_config.cors_origins``; none configured = no CORS headers (``app`` itself)."""
+    if not origins:
+        return app
+    return CORSMiddleware(
+        app, allow_origins=list(origins), allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["authorization", "content-type", "x-request-id"], expose_headers=["x-request-id"],
+    )
 
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
-        self.app = app
-        self._cors: CORSMiddleware | None = None
-        self._origins: list[str] = []
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origins = settings.CURRENT.cors_origins
-        if scope["type"] != "http" or not origins:
-            await self.app(scope, receive, send)
-            return
-        if self._cors is None or self._origins != origins:
-            self._origins = list(origins)
-            self._cors = CORSMiddleware(
-                self.app, allow_origins=self._origins, allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-request-id"], expose_headers=["x-request-id"],
-            )
-        await self._cors(scope, receive, send)
+def route_path(scope: Scope) -> str:
+    """The path inside the app: without the application's route prefix (``root_path``) in front."""
+    path = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path
+

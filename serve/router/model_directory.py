@@ -8,16 +8,21 @@ starting, scaled to zero or broken shows as ``loading``/``failed`` and never blo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable
+from typing import Any, AsyncIterator
 
+from pydantic import BaseModel
 from ray.exceptions import RayActorError
 
+from common.call import ModelCall
 from common.constants import ROUTER_DEPLOYMENT_NAME
 from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
 from serve.router.backends import ModelBackend
 from serve.router.replica_counts import ReplicaCounts, Replicas
+from servers.base_engine import Chunk, served_endpoints
+from servers.registry import get_engine_class
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +36,25 @@ class ModelEntry:
     engine_kwargs: dict[str, Any]
     deployment_config: dict[str, Any]
     request_timeout_s: float | None = None
-    endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """A model resolved for one request: what it serves, its params schema and how to reach it."""
+
+    entry: ModelEntry
+    endpoints: tuple[str, ...]
+    params_model: type[BaseModel]
+    backend: ModelBackend
+    directory: "ModelDirectory"
+
+    def call(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """The backend's chunks; a remote model that loses every replica while the call waits for its
+        first chunk answers 503 at once instead of at the deadline."""
+        chunks = self.backend.call(call)
+        if self.entry.deployment == ROUTER_DEPLOYMENT_NAME:  # in_router: its replica is this one
+            return chunks
+        return self.directory.watch_first_chunk(self.entry, chunks)
 
 
 class ModelDirectory:
@@ -44,59 +67,69 @@ class ModelDirectory:
         self.discovery_timeout_s = discovery_timeout_s
         self.replica_counts = replica_counts
         self.scales_to_zero = {e.deployment for e in entries if _min_replicas(e) == 0}
+        engines = {e.model_id: get_engine_class(e.type) for e in entries}
+        self.handles = {
+            e.model_id: ModelHandle(e, served_endpoints(engines[e.model_id]), engines[e.model_id].params_model,
+                                    backends[e.deployment], self)
+            for e in entries
+        }
 
     def get(self, model_id: str, param: str = "model_id") -> ModelEntry:
-        entry = self.entries.get(model_id)
-        if entry is None:
+        return self.handle(model_id, param).entry
+
+    def handle(self, model_id: str, param: str = "model_id") -> ModelHandle:
+        handle = self.handles.get(model_id)
+        if handle is None:
             raise NotFoundError(
                 f"model '{model_id}' not found; available: {', '.join(sorted(self.entries))}",
                 param=param, code="model_not_found", available=sorted(self.entries),
             )
-        return entry
+        return handle
 
-    def get_for_endpoint(self, model_id: str, endpoint: str) -> ModelEntry:
-        """The model, if its engine type backs ``endpoint``; else a 400 saying what it serves."""
-        entry = self.get(model_id, param="model")
-        if endpoint not in entry.endpoints:
+    def resolve(self, model_id: str, endpoint: str, param: str) -> ModelHandle:
+        """The model for one request, once: 404 if unknown, 400 if it does not serve ``endpoint``
+        (saying what it serves), 503 if its deployment lost every replica."""
+        handle = self.handle(model_id, param)
+        if endpoint not in handle.endpoints:
             raise InvalidRequestError(
-                f"model '{model_id}' ({entry.type}) does not serve {endpoint}; it serves: {', '.join(entry.endpoints)}",
-                param="model", code="unsupported_endpoint",
+                f"model '{model_id}' ({handle.entry.type}) does not serve {endpoint}; it serves: {', '.join(handle.endpoints)}",
+                param=param, code="unsupported_endpoint",
             )
-        return entry
-
-    def backend_for(self, model_id: str) -> ModelBackend:
-        entry = self.get(model_id)
-        self._check_not_lost(entry)
-        return self.backends[entry.deployment]
-
-    def _check_not_lost(self, entry: ModelEntry) -> None:
-        """503 at once for a deployment that had replicas and lost them all (node gone, crash) and
-        may not scale to zero: waiting would only end at the request timeout. A scale-to-zero
-        deployment at zero is woken by the request instead."""
-        if self._is_lost(entry):
-            raise ModelNotReadyError(f"model '{entry.model_id}' has no running replica (being replaced); retry later")
+        if self._is_lost(handle.entry):
+            raise ModelNotReadyError(f"model '{model_id}' has no running replica (being replaced); retry later")
+        return handle
 
     def _is_lost(self, entry: ModelEntry) -> bool:
-        if self.replica_counts is None or entry.deployment in self.scales_to_zero:
+        """A deployment that had replicas and lost them all (node gone, crash) and may not scale to
+        zero: waiting would only end at the request timeout. A scale-to-zero deployment at zero is
+        woken by the request instead."""
+        if self.replica_counts is None or entry.deployment in self.scales_to_zero or entry.deployment == ROUTER_DEPLOYMENT_NAME:
             return False
         counts = self.replica_counts.cached().get(entry.deployment)
         return bool(counts and counts.running == 0 and counts.target > 0 and entry.deployment in self.replica_counts.ever_running)
 
-    async def first_chunk(self, model_id: str, next_chunk: Awaitable[dict[str, Any]], poll_s: float = 1.0) -> dict[str, Any]:
-        """Await a request's first chunk, but give up with a 503 if the deployment loses its last
-        replica meanwhile: a request queued for a replica that cannot be placed (its node is gone)
-        would otherwise wait for the whole request timeout."""
-        entry = self.get(model_id)
-        if entry.deployment == ROUTER_DEPLOYMENT_NAME:  # in_router: its replica is this one
-            return await next_chunk
-        task = asyncio.ensure_future(next_chunk)
-        try:
-            while not (await asyncio.wait({task}, timeout=poll_s))[0]:
-                if self._is_lost(entry):
-                    raise ModelNotReadyError(f"model '{model_id}' lost its replicas while the request waited; retry later")
-            return task.result()
-        finally:
-            task.cancel()
+    async def watch_first_chunk(self, entry: ModelEntry, chunks: AsyncIterator[Chunk], poll_s: float = 1.0) -> AsyncIterator[Chunk]:
+        """``chunks``, giving up with a 503 if the deployment loses its last replica before the first
+        one: a request queued for a replica that cannot be placed (its node is gone) would otherwise
+        wait for the whole request timeout."""
+        async with contextlib.aclosing(chunks):
+            task = asyncio.ensure_future(anext(chunks))
+            try:
+                while not (await asyncio.wait({task}, timeout=poll_s))[0]:
+                    if self._is_lost(entry):
+                        raise ModelNotReadyError(f"model '{entry.model_id}' lost its replicas while the request waited; retry later")
+            except BaseException:
+                task.cancel()  # let the generator unwind before aclosing closes it
+                with contextlib.suppress(BaseException):
+                    await task
+                raise
+            try:
+                first = task.result()
+            except StopAsyncIteration:
+                return
+            yield first
+            async for chunk in chunks:
+                yield chunk
 
     async def describe_all(self) -> list[dict[str, Any]]:
         """Static config merged with live status from every deployment, queried concurrently."""
@@ -144,8 +177,8 @@ class ModelDirectory:
             for e in self.entries.values() if e.deployment == deployment
         }
 
-    @staticmethod
-    def _describe(entry: ModelEntry, live: dict[str, Any] | None, replicas: Replicas | None = None) -> dict[str, Any]:
+    def _describe(self, entry: ModelEntry, live: dict[str, Any] | None, replicas: Replicas | None = None) -> dict[str, Any]:
+        endpoints = self.handles[entry.model_id].endpoints
         live = live or {"status": "loading", "error": None}
         return {
             "model_id": entry.model_id,
@@ -156,7 +189,7 @@ class ModelDirectory:
             "deployment": entry.deployment,
             "engine_kwargs": entry.engine_kwargs,
             "deployment_config": entry.deployment_config,
-            "endpoints": list(entry.endpoints),
+            "endpoints": list(endpoints),
             **{k: live[k] for k in ("load_seconds", "stats", "replica") if k in live},
             **({"replicas": replicas.as_dict()} if replicas is not None else {}),
         }

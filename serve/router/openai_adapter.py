@@ -166,3 +166,8 @@ class CompletionStreamEncoder(_StreamEncoder):
 
     def choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
         return {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+
+
+def include_usage(body: SamplingFields) -> bool:
+    """Whether a stream ends with a usage event (``stream_options.include_usage``)."""
+    return bool(body.stream_options and body.stream_options.include_usage)

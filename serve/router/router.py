@@ -1,112 +1,111 @@
-"""``MultiModelRouter``: the FastAPI ingress that routes ``/v1/*`` requests to model deployments.
+"""``MultiModelRouter``: the ingress that routes every API request to its model.
 
-``RouterIngress`` (bottom of this file) is the class wrapped by ``serve.ingress``; that must
-happen at import time so every Ray process sees the same routes. ``vllm_host.build_app``
-applies ``serve.deployment`` to it.
+Each request takes one path: its route parses the body, the model directory resolves the model
+once, ``build_call`` makes the ``ModelCall``, the model's backend returns its chunks, and the
+answer is those chunks merged (JSON) or streamed (SSE). Errors are mapped in one place
+(``serve.router.http_errors``). The replica builds its own ASGI app (``serve/router/app.py``) and,
+by default, serves it on its own HTTP listener (``router_config.performance.http_port``).
+``vllm_host.build_app`` applies ``serve.deployment`` to ``RouterIngress``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from common import endpoints
+from common.call import ModelCall
 from common.constants import ROUTER_DEPLOYMENT_NAME
-from common.errors import ModelNotReadyError, OverloadedError, ServingError, error_from_dict
+from common.errors import OverloadedError
 from common.logs import use_serve_log_handlers
-from configs.infer_models import HealthResponse, InferRequest
 from configs.server_models import RouterConfig
-from serve.deployments.multi_model_deployment import MultiModelDeployment
+from serve.deployments.model_host import host_models
+from serve.router.app import build_router_app
+from serve.router.auth import load_api_keys
 from serve.router.backends import InProcessBackend, ModelBackend, RemoteBackend
-from serve.router.direct_http import DirectHttpListener
-from serve.router.http_errors import install_error_handlers, response_for_exception
-from serve.router.auth import ApiKeyMiddleware, load_api_keys
+from serve.router.endpoints import all_routes
+from serve.router.endpoints.base import EndpointRoute, build_call
+from serve.router.http_errors import as_serving_error
+from serve.router.listener import HttpListener
 from serve.router.metrics import RequestRecord, RouterMetrics
-from serve.router import settings
-from serve.router.middleware import ConfiguredCORSMiddleware, RequestContextMiddleware
-from serve.router.model_directory import ModelDirectory, ModelEntry
+from serve.router.model_directory import ModelDirectory, ModelEntry, ModelHandle
+from serve.router.ray_proxy import ray_proxy_port
 from serve.router.replica_counts import ReplicaCounts, current_app_name
-from serve.router.openai_routes import OpenAIRoutes, openai_router
-from serve.router.openapi import ERROR_RESPONSES, document_json_body
-from serve.router.request_body import parse_json_body
-from serve.router.streaming import InferEncoder, collect, sse_response
+from serve.router.streaming import collect, sse_response
+from servers.base_engine import Chunk
+from servers.registry import import_engine_modules
 
 logger = logging.getLogger("serve.router")
 
-router_app = FastAPI(
-    title="Multi-model inference API",
-    description="One API for every model in model_config.yaml: POST /v1/infer, GET /v1/models, GET /v1/health.",
-    version="0.1.0",
-)
-# Innermost first: CORS answers preflights, then request ids and body limits, then API keys.
-ROUTER_MIDDLEWARE = (ApiKeyMiddleware, RequestContextMiddleware, ConfiguredCORSMiddleware)
-for _middleware in ROUTER_MIDDLEWARE:
-    router_app.add_middleware(_middleware)
-install_error_handlers(router_app)
-router_app.include_router(openai_router)
 
-
-class MultiModelRouter(OpenAIRoutes):
+class MultiModelRouter:
     async def __init__(
         self, handles: dict[str, Any], model_entries: list[dict[str, Any]], router_config: dict[str, Any],
-        in_router_configs: list[dict[str, Any]] | None = None, engine_modules: list[str] | None = None,
+        in_router_configs: list[dict[str, Any]], engine_modules: list[str],
     ) -> None:
         use_serve_log_handlers()
+        import_engine_modules(engine_modules)  # the directory reads each engine's params and endpoints
         self.config = RouterConfig.model_validate(router_config)
         self.created = int(time.time())
-        entries = [ModelEntry(**{**e, "endpoints": tuple(e.get("endpoints", ()))}) for e in model_entries]
         backends: dict[str, ModelBackend] = {name: RemoteBackend(handle) for name, handle in handles.items()}
-        # in_router models: their engines load in the background here, like in a model deployment.
-        self.in_router = await MultiModelDeployment.in_process(in_router_configs, engine_modules) if in_router_configs else None
+        self.in_router = host_models(in_router_configs, engine_modules) if in_router_configs else None
         if self.in_router is not None:
             backends[ROUTER_DEPLOYMENT_NAME] = InProcessBackend(self.in_router)
         counts = ReplicaCounts(current_app_name(), timeout_s=self.config.discovery_timeout_s)
-        self.directory = ModelDirectory(entries, backends, self.config.discovery_timeout_s, counts)
-        settings.configure(self.config, load_api_keys(self.config.api_keys_env))
+        self.directory = ModelDirectory([ModelEntry(**e) for e in model_entries], backends,
+                                        self.config.discovery_timeout_s, counts)
         self.metrics = RouterMetrics(self.config.log_requests)
-        self.direct_listener = await self._start_direct_listener()
-        for entry in self.directory.entries.values():
-            logger.info("registered model %s (%s) on deployment %s", entry.model_id, entry.type, entry.deployment)
+        self.routes: tuple[EndpointRoute, ...] = all_routes()
+        self.api = build_router_app(self, load_api_keys(self.config.api_keys_env))
+        self.listener = await self._start_listener()
 
-    @router_app.post(endpoints.INFER, openapi_extra=document_json_body(InferRequest), response_model=None,
-                     responses=ERROR_RESPONSES)
-    async def infer(self, request: Request) -> Response:
-        """Run any model: text or chat messages for LLMs, media for audio/vision/video models."""
-        return await self._infer(request)
+    def __serve_build_asgi_app__(self) -> Any:
+        """The app Ray Serve runs on its port (``serve.ingress()`` without an app asks for it)."""
+        return self.api
 
-    async def _infer(self, request: Request) -> Response:
-        """The handler of ``/v1/infer``, for the FastAPI route and the direct port's fast path alike."""
-        body = await parse_json_body(request, InferRequest)
-        entry = self.directory.get(body.model_id)  # 404 before any work
-        payload = {
-            "request_id": request.scope["state"]["request_id"],
-            "model_id": body.model_id,
-            "input": body.payload(),
-            "params": body.params,
-            "stream": body.stream,
-        }
-        timeout = entry.request_timeout_s or self.config.request_timeout_s
-        chunks = self._stream(payload, endpoints.INFER)
-        if body.stream:
-            return await sse_response(chunks, timeout, InferEncoder(body.model_id))
-        return JSONResponse({"model_id": body.model_id, **await collect(chunks, timeout)})
+    # -- the request path ---------------------------------------------------------------------
+    async def serve_route(self, route: EndpointRoute, request: Request) -> Response:
+        """Every POST endpoint's one handler: body -> model -> ModelCall -> chunks -> answer."""
+        body = await route.parse(request)
+        model = self.directory.resolve(route.model_id(body), route.path, route.model_param)
+        timeout = model.entry.request_timeout_s or self.config.request_timeout_s
+        call = build_call(route, body, model, request.scope["state"]["request_id"], timeout)
+        chunks = self._chunks(model, call)
+        if call.stream:
+            return await sse_response(chunks, timeout, route.encoder(call, body))
+        return route.render(await collect(chunks, timeout), call, body)
 
-    @router_app.get("/v1/models", responses=ERROR_RESPONSES)
+    async def _chunks(self, model: ModelHandle, call: ModelCall) -> AsyncIterator[Chunk]:
+        """The model's chunks, metered; Ray's failures become the error contract's errors. Closing this
+        generator (client gone, deadline passed) cancels the call in the engine."""
+        record = RequestRecord(call.request_id, call.model_id, call.endpoint, streamed=call.stream)
+        try:
+            async with contextlib.aclosing(model.call(call)) as chunks:
+                async for chunk in chunks:
+                    record.on_chunk(chunk)
+                    yield chunk
+        except BaseException as exc:
+            error = as_serving_error(exc, call.model_id)
+            # 499: the client went away, or the deadline passed (the generator was closed or cancelled)
+            record.status = error.status_code if error else 500 if isinstance(exc, Exception) else 499
+            record.rejected = isinstance(error, OverloadedError)
+            if error is not None and error is not exc:
+                raise error from None
+            raise
+        finally:
+            record.report(self.metrics)
+
+    # -- status -------------------------------------------------------------------------------
     async def list_models(self) -> dict[str, Any]:
         """Every model with its live status, in our shape (``models``) and OpenAI's (``object``/``data``)."""
         models = await self.directory.describe_all()
         return {"object": "list", "data": [self._model_card(m) for m in models], "models": models}
 
-    @router_app.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
     async def model_info(self, model_id: str) -> dict[str, Any]:
         model = await self.directory.describe(model_id)
         return {**self._model_card(model), **model}
@@ -114,14 +113,19 @@ class MultiModelRouter(OpenAIRoutes):
     def _model_card(self, model: dict[str, Any]) -> dict[str, Any]:
         return {"id": model["model_id"], "object": "model", "created": self.created, "owned_by": "modelhost"}
 
-    @router_app.get("/v1/health", response_model=HealthResponse,
-                    responses={**ERROR_RESPONSES, 503: {"model": HealthResponse, "description": "Some model is not ready"}})
     async def health(self) -> JSONResponse:
         """200 when every model is ready (or scaled to zero by config), 503 otherwise; per-model status in the body."""
-        models = await self.directory.describe_all()
-        statuses = {m["model_id"]: {"status": m["status"], "error": m["error"]} for m in models}
-        healthy = all(s["status"] in ("ready", "scaled_to_zero") for s in statuses.values())
+        statuses = {m["model_id"]: {"status": m["status"], "error": m["error"]} for m in await self.directory.describe_all()}
+        healthy = all(s["status"] in SERVING for s in statuses.values())
         return JSONResponse({"status": "ok" if healthy else "degraded", "models": statuses}, status_code=200 if healthy else 503)
+
+    async def ready(self) -> JSONResponse:
+        """``/health`` and ``/ping`` as vLLM's server answers them: 200 when every model can serve,
+        else 503 naming the models that cannot (load balancers and load tools probe these)."""
+        not_ready = {m["model_id"]: m["status"] for m in await self.directory.describe_all() if m["status"] not in SERVING}
+        if not_ready:
+            return JSONResponse({"status": "degraded", "not_ready": not_ready}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     async def check_health(self) -> None:
         """Ray Serve's health check: a dead in_router engine makes the router replica replaced."""
@@ -129,87 +133,28 @@ class MultiModelRouter(OpenAIRoutes):
             await self.in_router.check_health()
 
     async def __del__(self) -> None:
-        if getattr(self, "direct_listener", None) is not None:
-            await self.direct_listener.stop()
+        if getattr(self, "listener", None) is not None:
+            await self.listener.stop()
         if getattr(self, "metrics", None) is not None:
             self.metrics.flush()
-        if self.in_router is not None:
-            await self.in_router.__del__()
+        if getattr(self, "in_router", None) is not None:
+            await self.in_router.stop()
 
-    async def _start_direct_listener(self) -> DirectHttpListener | None:
-        if self.config.direct_http_port is None:
+    async def _start_listener(self) -> HttpListener | None:
+        perf = self.config.performance
+        if perf.http_port is None:
             return None
-        listener = DirectHttpListener(router_app, self.config.direct_http_host, self.config.direct_http_port,
-                                      self.config.max_ongoing_requests, self.config.request_timeout_s,
-                                      fast_routes={("POST", endpoints.INFER): _with_router_middleware(self._infer_asgi)})
+        if await ray_proxy_port() == perf.http_port:
+            logger.info("Ray's HTTP proxy serves port %d (serve run <import path> starts it there): requests reach the "
+                        "router through it. `serve run model_config.yaml` (proxy_location: Disabled) gives the port to "
+                        "the router's own listener, one hop shorter.", perf.http_port)
+            return None
+        listener = HttpListener(self.api, perf.http_host, perf.http_port, self.config.max_ongoing_requests,
+                                self.config.request_timeout_s)
         await listener.start()
         return listener
 
-    async def _infer_asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """``POST /v1/infer`` on the direct port: the route's own handler, without FastAPI's routing,
-        dependency and exception machinery around it (most of the router's cost on a light model)."""
-        try:
-            response = await self._infer(Request(scope, receive))
-        except Exception as exc:  # noqa: BLE001 - answered like the app's exception handlers answer it
-            response = response_for_exception(scope, exc)
-        await response(scope, receive, send)
 
-    # -- request plumbing -----------------------------------------------------------------
-    async def _stream(self, payload: dict[str, Any], endpoint: str) -> AsyncIterator[dict[str, Any]]:
-        """Chunks from the model's deployment. Error chunks and Ray's failures become ``ServingError``s;
-        closing this generator (client gone, timeout) cancels the request in the deployment."""
-        model_id = payload["model_id"]
-        record = RequestRecord(payload["request_id"], model_id, endpoint, streamed=bool(payload.get("stream")))
-        response = None
-        try:
-            backend = self.directory.backend_for(model_id)
-            if payload.get("stream"):
-                response = backend.stream(payload)
-                replies = _with_first(await self.directory.first_chunk(model_id, anext(response)), response)
-            else:  # one merged reply: a single round trip instead of one per chunk
-                response = backend.collect(payload)
-                replies = _with_first(await self.directory.first_chunk(model_id, response), None)
-            async for chunk in replies:
-                if "error" in chunk:
-                    raise error_from_dict(chunk.get("status_code", 500), chunk["error"])
-                record.on_chunk(chunk)
-                yield chunk
-        except ServingError as err:
-            record.status = err.status_code
-            raise
-        except BackPressureError:
-            record.status, record.rejected = 503, True
-            raise OverloadedError(f"model '{model_id}' is at capacity; retry later") from None
-        except (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError) as exc:
-            record.status = 503
-            raise ModelNotReadyError(f"model '{model_id}' has no available replica ({type(exc).__name__}); retry later") from None
-        except (asyncio.CancelledError, GeneratorExit):
-            record.status = 499  # the client went away, or the router's deadline passed
-            raise
-        except Exception:
-            record.status = 500
-            raise
-        finally:
-            if response is not None:
-                # Stops the engine if the request is still running; on a request Ray never assigned
-                # (back-pressure) cancel() re-raises that error, which is already handled above.
-                with contextlib.suppress(Exception):
-                    response.cancel()
-            record.report(self.metrics)
+SERVING = ("ready", "scaled_to_zero")  # statuses that count as healthy: a scaled-to-zero model wakes on a request
 
-
-def _with_router_middleware(app: Any) -> Any:
-    """``app`` behind the same API-key, request-id, body-limit and CORS middleware as ``router_app``."""
-    for middleware in ROUTER_MIDDLEWARE:
-        app = middleware(app)
-    return app
-
-
-async def _with_first(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]] | None) -> AsyncIterator[dict[str, Any]]:
-    yield first
-    if rest is not None:
-        async for chunk in rest:
-            yield chunk
-
-
-RouterIngress = serve.ingress(router_app)(MultiModelRouter)
+RouterIngress = serve.ingress()(MultiModelRouter)

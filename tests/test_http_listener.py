@@ -1,4 +1,4 @@
-"""``router_config.direct_http_port``: each router replica serves the API on a port of its own, without
+"""``router_config.performance.http_port``: each router replica serves the API on a port of its own, without
 Ray's proxy hop, with the same contract as Ray's port (answers, streams, errors, keys, limits)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from configs.server_models import RouterConfig
-from serve.router.direct_http import reuse_port_socket
+from serve.router.listener import reuse_port_socket
 from tests.conftest import SECURE_MAX_ONGOING, TEST_API_KEYS, wait_ready
 from tests.test_router_integration import assert_error, sse_events
 
@@ -53,7 +53,7 @@ def test_direct_port_errors_are_json_and_it_keeps_serving(client: httpx.Client, 
 
 @INTEGRATION
 def test_direct_port_errors_match_rays_port(client: httpx.Client, direct: httpx.Client) -> None:
-    """``POST /v1/infer`` on the direct port skips FastAPI's routing: its errors must still be the app's."""
+    """POST routes skip FastAPI's routing: their errors must still be the app's contract, on both ports."""
     wait_ready(client, "echo-in-router")
     cases = [
         {"json": {"model_id": "echo-in-router", "input": "x", "params": {"repeat": 0}}},
@@ -63,8 +63,13 @@ def test_direct_port_errors_match_rays_port(client: httpx.Client, direct: httpx.
         {"content": b"{not json", "headers": {"content-type": "application/json"}},
         {"json": {"model_id": "echo-in-router", "input": "a b c", "params": {"fail_after": 1}}},  # engine fails: 500
     ]
-    for case in cases:
-        via_ray, via_direct = client.post("/v1/infer", **case), direct.post("/v1/infer", **case)
+    chat = [
+        {"json": {"model": "echo-in-router", "messages": [{"role": "user", "content": "x"}]}},  # serves /v1/infer only
+        {"json": {"model": "fake-chat", "messages": [{"role": "user", "content": "x"}], "temperature": 3}},
+        {"json": {"model": "fake-chat", "messages": []}},
+    ]
+    for path, case in [*(("/v1/infer", c) for c in cases), *(("/v1/chat/completions", c) for c in chat)]:
+        via_ray, via_direct = client.post(path, **case), direct.post(path, **case)
         assert via_direct.status_code == via_ray.status_code >= 400, case
         assert _without_request_id(via_direct.json()) == _without_request_id(via_ray.json()), case
         assert via_direct.headers["x-request-id"]
@@ -102,17 +107,18 @@ def test_direct_port_refuses_requests_beyond_max_ongoing(secure_app: str, direct
     assert httpx.post(f"{base}/v1/infer", json={"model_id": "echo", "input": "after"}, headers=headers).status_code == 200
 
 
-def test_direct_port_config_is_checked() -> None:
-    with pytest.raises(ValueError, match="direct_http_port"):
-        RouterConfig(direct_http_port=70000)
-    assert RouterConfig().direct_http_port is None and RouterConfig(direct_http_port=8001).direct_http_host == "127.0.0.1"
+def test_listener_config_is_checked_and_on_by_default() -> None:
+    with pytest.raises(ValueError, match="http_port"):
+        RouterConfig(performance={"http_port": 70000})
+    assert RouterConfig().performance.http_port == 8000 and RouterConfig().performance.http_host == "127.0.0.1"
+    assert RouterConfig(performance={"http_port": None}).performance.http_port is None
 
 
 def test_a_port_held_by_another_program_names_the_setting() -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
-        with pytest.raises(RuntimeError, match=r"router_config.direct_http_port: cannot listen on 127.0.0.1:\d+"):
+        with pytest.raises(RuntimeError, match=r"router_config.performance.http_port: cannot listen on 127.0.0.1:\d+"):
             reuse_port_socket("127.0.0.1", held.getsockname()[1])
 
 

@@ -1,10 +1,8 @@
-"""The router replica's own HTTP listener (``router_config.direct_http_port``): the API minus Ray's ingress hop.
+"""The router replica's own HTTP listener (``router_config.performance.http_port``): the API's front door.
 
-Through Ray Serve a request reaches the router via a proxy (Ray's Python proxy actor, or HAProxy
-with fast ingress): one more process and loopback hop per request. With ``direct_http_port`` set,
-every router replica also serves the same FastAPI app (same routes and middleware: API keys, body
-limits, CORS, request ids) on that port, with uvicorn on the replica's event loop. Routes given as
-``fast_routes`` (the router's ``POST /v1/infer``) skip FastAPI's routing and dependency layers there.
+Through Ray Serve's proxy a request would cross one more process and a Ray call per request
+(several ms here). The listener serves the router's own ASGI app (the same routes and middleware as
+on Ray's port: API keys, body limits, CORS, request ids) with uvicorn on the replica's event loop.
 ``SO_REUSEPORT`` lets the router replicas of a node share the port; the kernel spreads connections over them.
 
 Requests on this port are outside Ray Serve's request accounting: its HTTP metrics, the router's
@@ -38,15 +36,14 @@ PORT_IN_USE_HINT = ("another program listens there, or an outgoing connection to
                     "choose a port outside the range in /proc/sys/net/ipv4/ip_local_port_range (32768-60999 on Linux)")
 
 
-class DirectHttpListener:
+class HttpListener:
     """One uvicorn server on the replica's running event loop; ``start`` then ``stop``."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, max_ongoing_requests: int, drain_timeout_s: float,
-                 fast_routes: dict[tuple[str, str], ASGIApp] | None = None) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, max_ongoing_requests: int, drain_timeout_s: float) -> None:
         self.host, self.port, self.drain_timeout_s = host, port, drain_timeout_s
         config = uvicorn.Config(
             # log_config None: the replica's logging is Ray's; the router writes its own request lines
-            DirectIngress(app, max_ongoing_requests, fast_routes), log_config=None, log_level="warning", access_log=False, lifespan="off",
+            ListenerIngress(app, max_ongoing_requests), log_config=None, log_level="warning", access_log=False, lifespan="off",
             proxy_headers=False,  # clients connect here directly: X-Forwarded-* from them is not to be trusted
             timeout_graceful_shutdown=max(1, int(drain_timeout_s)),
         )
@@ -60,9 +57,9 @@ class DirectHttpListener:
         async with asyncio.timeout(START_TIMEOUT_S):
             while not self.server.started:
                 if self.task.done():  # uvicorn logs why, and exits instead of raising
-                    raise RuntimeError(f"direct HTTP listener on {self.host}:{self.port} did not start")
+                    raise RuntimeError(f"HTTP listener on {self.host}:{self.port} did not start")
                 await asyncio.sleep(0.01)
-        logger.info("router replica serving the API directly on http://%s:%d", self.host, self.port)
+        logger.info("API listening on http://%s:%d", self.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting, then wait (bounded) for the requests in flight."""
@@ -73,16 +70,12 @@ class DirectHttpListener:
             await asyncio.wait_for(self.task, self.drain_timeout_s + 5)
 
 
-class DirectIngress:
+class ListenerIngress:
     """ASGI wrapper for what Ray's proxy does on its port: at most ``limit`` HTTP requests at once
-    (``max_ongoing_requests``; a JSON 503 beyond), and a client's ``x-request-id`` echoed back.
+    (``max_ongoing_requests``; a JSON 503 beyond), and a client's ``x-request-id`` echoed back."""
 
-    ``fast_routes`` maps ``(method, path)`` to an ASGI app that serves that exact route instead of ``app``
-    (the router's ``/v1/infer`` handler behind its own middleware, without FastAPI's routing around it)."""
-
-    def __init__(self, app: ASGIApp, limit: int, fast_routes: dict[tuple[str, str], ASGIApp] | None = None) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit, self.in_flight = app, limit, 0
-        self.fast_routes = fast_routes or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -95,7 +88,7 @@ class DirectIngress:
             return
         self.in_flight += 1
         try:
-            await self.fast_routes.get((scope["method"], scope["path"]), self.app)(scope, receive, send)
+            await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
 
@@ -110,7 +103,7 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         hint = f"; {PORT_IN_USE_HINT}" if exc.errno == errno.EADDRINUSE else ""
-        raise RuntimeError(f"router_config.direct_http_port: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+        raise RuntimeError(f"router_config.performance.http_port: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
     return sock
 
 

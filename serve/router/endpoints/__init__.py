@@ -1,0 +1,12 @@
+"""The POST endpoint families, one file each; ``ROUTES`` is what the router serves."""
+
+from __future__ import annotations
+
+from serve.router.endpoints.base import EndpointRoute
+from serve.router.endpoints.chat import ChatCompletionsRoute, CompletionsRoute
+from serve.router.endpoints.infer import InferRoute
+from serve.router.endpoints.transcriptions import TranscriptionsRoute
+
+
+def all_routes() -> tuple[EndpointRoute, ...]:
+    return (InferRoute(), ChatCompletionsRoute(), CompletionsRoute(), TranscriptionsRoute())
