@@ -24,7 +24,8 @@ from rich.table import Table
 from common import constants
 from configs.loader import ConfigError, load_app_config
 from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig
-from serve.deployments.multi_model_deployment import MultiModelDeployment
+from serve.channel import channel_allowed
+from serve.deployments.multi_model_deployment import ChannelOptions, MultiModelDeployment
 from serve.router.router import RouterIngress
 
 logger = logging.getLogger(__name__)
@@ -48,9 +49,7 @@ def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:
 def build_application(loaded: LoadedConfig) -> Application:
     groups = model_deployments(loaded.models)
     router_models = groups.pop(constants.ROUTER_DEPLOYMENT_NAME, [])  # hosted by the router's replicas
-    stream_interval_s = loaded.router.performance.stream_interval_s
-    handles = {name: _bind_model_deployment(name, entries, loaded.engine_modules, stream_interval_s)
-               for name, entries in groups.items()}
+    handles = {name: _bind_model_deployment(name, entries, loaded) for name, entries in groups.items()}
     router = loaded.router
     ingress = serve.deployment(
         RouterIngress,
@@ -93,10 +92,12 @@ def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
     return options
 
 
-def _bind_model_deployment(name: str, entries: list[MultiModelConfig], engine_modules: list[str],
-                           stream_interval_s: float) -> Application:
-    deployment = serve.deployment(MultiModelDeployment, name=name, **deployment_options(entries))
-    init_args = ([e.model_dump() for e in entries], engine_modules, stream_interval_s)
+def _bind_model_deployment(name: str, entries: list[MultiModelConfig], loaded: LoadedConfig) -> Application:
+    options = deployment_options(entries)
+    performance = loaded.router.performance
+    channel = ChannelOptions(options["max_ongoing_requests"]) if performance.local_channel and channel_allowed(options) else None
+    deployment = serve.deployment(MultiModelDeployment, name=name, **options)
+    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel)
     return _versioned(deployment, *init_args).bind(*init_args)
 
 

@@ -71,3 +71,10 @@ class HealthResponse(LenientPydantic):
 
     status: Literal["ok", "degraded"]
     models: dict[str, ModelHealth]
+
+
+class ReadyResponse(LenientPydantic):
+    """``/health`` and ``/ping``: 200 ``{"status": "ok"}`` when every model can serve, 503 naming those that cannot."""
+
+    status: Literal["ok", "degraded"]
+    not_ready: dict[str, str] | None = None

@@ -88,6 +88,11 @@ class PerformanceConfig(BasePydantic):
         description="Streams cross the router <-> model replica hop in batches at least this many seconds apart "
         "(the first chunk at once): one Ray message per token costs CPU the model needs.",
     )
+    local_channel: bool = Field(
+        default=True,
+        description="The router calls model replicas on its own node over a Unix socket instead of a Ray handle call "
+        "(serve/channel/); deployments with autoscaling_config and replicas on other nodes always use Ray's handle.",
+    )
 
 
 class RouterConfig(BasePydantic):

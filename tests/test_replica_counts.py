@@ -83,5 +83,6 @@ def test_a_waiting_request_is_released_when_its_deployment_loses_its_replicas() 
 
 
 def test_counts_from_serve_instance_details() -> None:
-    details = {"target_num_replicas": 3, "replicas": [{"state": "RUNNING"}, {"state": "STARTING"}, {"state": "STOPPING"}]}
-    assert _count(details) == Replicas(running=1, target=3, starting=1)
+    details = {"target_num_replicas": 3, "replicas": [{"state": "RUNNING", "replica_id": "a1"}, {"state": "STARTING", "replica_id": "b2"},
+                                                      {"state": "STOPPING", "replica_id": "c3"}]}
+    assert _count(details) == Replicas(running=1, target=3, starting=1, running_ids=("a1",))

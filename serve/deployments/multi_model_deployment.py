@@ -1,18 +1,22 @@
 """The Ray Serve deployment class: one replica hosts the engines of one or more config entries.
 
 It carries no ``@serve.deployment`` decorator: ``vllm_host.build_app`` applies each entry's
-``deployment_config`` when it builds the application. Requests enter through one method, ``call``.
+``deployment_config`` when it builds the application. Requests enter through one method, ``call``:
+from Ray's handle, or from the router's local channel (``serve/channel/``), which runs the same method.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from common.call import ModelCall
 from common.chunks import ChunkMerger
 from common.errors import ServingError
+from serve.channel.paths import socket_dir, socket_path
+from serve.channel.server import ChannelServer
 from serve.deployments.coalesce import coalesce
 from serve.deployments.model_host import host_models, replica_info
 from servers.base_engine import Chunk
@@ -21,9 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 class MultiModelDeployment:
-    async def __init__(self, llm_configs: list[dict[str, Any]], engine_modules: list[str], stream_interval_s: float) -> None:
+    async def __init__(self, llm_configs: list[dict[str, Any]], engine_modules: list[str], stream_interval_s: float,
+                       channel: ChannelOptions | None = None) -> None:
         self._server = host_models(llm_configs, engine_modules)
         self._stream_interval_s = stream_interval_s
+        self._channel = await _start_channel(self._batches, channel) if channel is not None else None
 
     async def get_config(self) -> dict[str, Any]:
         """Metadata for the router's discovery: models with live status, and where they run."""
@@ -35,11 +41,17 @@ class MultiModelDeployment:
         A stream sends each chunk batch as it is ready (at most one message per
         ``stream_interval_s``, the first at once); a non-streamed call sends its chunks merged, in one
         message. A failure becomes a final ``{"error": ...}`` chunk, so the router can map it."""
+        async with contextlib.aclosing(self._batches(call, self._stream_interval_s)) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def _batches(self, call: ModelCall, interval_s: float = 0.0) -> AsyncIterator[list[Chunk]]:
+        """``call``'s batches; over the local channel a message is cheap, so no interval is kept."""
         chunks = _with_error_chunk(self._server.call(call), call)
         if not call.stream:
             yield [await _merged(chunks)]
             return
-        async with contextlib.aclosing(coalesce(chunks, self._stream_interval_s)) as batches:
+        async with contextlib.aclosing(coalesce(chunks, interval_s)) as batches:
             async for batch in batches:
                 yield batch
 
@@ -48,7 +60,27 @@ class MultiModelDeployment:
         await self._server.check_health()
 
     async def __del__(self) -> None:
+        if self._channel is not None:
+            await self._channel.stop(self._channel_drain_s)
         await self._server.stop()
+
+    _channel_drain_s = 20.0  # Ray's default graceful_shutdown_timeout_s
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """The local channel's side in a replica: its requests share ``max_ongoing_requests`` with Ray's."""
+
+    max_ongoing_requests: int
+
+
+async def _start_channel(run: Any, options: ChannelOptions) -> ChannelServer:
+    from ray import serve
+
+    replica_id = serve.get_replica_context().replica_id.unique_id
+    server = ChannelServer(socket_path(socket_dir(), replica_id), run, options.max_ongoing_requests)
+    await server.start()
+    return server
 
 
 async def _merged(chunks: AsyncIterator[Chunk]) -> Chunk:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from configs.infer_models import HealthResponse
+from configs.infer_models import HealthResponse, ReadyResponse
 from serve.router.auth import ApiKeyMiddleware
 from serve.router.endpoints.base import EndpointRoute
 from serve.router.http_errors import install_error_handlers, response_for_exception
@@ -50,8 +50,9 @@ def documented_api(router: "MultiModelRouter") -> FastAPI:
     api.add_api_route("/v1/models/{model_id:path}", router.model_info, methods=["GET"], responses=ERROR_RESPONSES)
     health_responses = {**ERROR_RESPONSES, 503: {"model": HealthResponse, "description": "Some model is not ready"}}
     api.add_api_route("/v1/health", router.health, methods=["GET"], response_model=HealthResponse, responses=health_responses)
+    ready_responses = {**ERROR_RESPONSES, 503: {"model": ReadyResponse, "description": "Some model cannot serve"}}
     for path in ("/health", "/ping"):
-        api.add_api_route(path, router.ready, methods=["GET"], responses=health_responses)
+        api.add_api_route(path, router.ready, methods=["GET"], response_model=ReadyResponse, responses=ready_responses)
     install_error_handlers(api)
     return api
 

@@ -21,6 +21,7 @@ class Replicas:
     running: int
     target: int
     starting: int = 0
+    running_ids: tuple[str, ...] = ()  # replica ids of the RUNNING replicas (the local channel calls these)
 
     def as_dict(self) -> dict[str, int]:
         return {"running": self.running, "target": self.target, "starting": self.starting}
@@ -46,6 +47,11 @@ class ReplicaCounts:
                 self._fetched_at = time.monotonic()
                 self.ever_running.update(name for name, c in self._counts.items() if c.running)
             return self._counts
+
+    def running_ids(self, deployment: str) -> tuple[str, ...]:
+        """The deployment's RUNNING replicas as last read (refreshed in the background when stale)."""
+        counts = self.cached().get(deployment)
+        return counts.running_ids if counts is not None else ()
 
     def cached(self) -> dict[str, Replicas]:
         """The last counts without waiting (for the request path); refreshes in the background."""
@@ -75,11 +81,13 @@ class ReplicaCounts:
 
 
 def _count(deployment: dict[str, Any]) -> Replicas:
-    states = [str(r.get("state")) for r in deployment.get("replicas", [])]
+    replicas = deployment.get("replicas", [])
+    states = [str(r.get("state")) for r in replicas]
     return Replicas(
         running=sum(s.endswith("RUNNING") for s in states),
         target=int(deployment.get("target_num_replicas", 0)),
         starting=sum(s.endswith(("STARTING", "RECOVERING", "UPDATING")) for s in states),
+        running_ids=tuple(str(r.get("replica_id")) for r, s in zip(replicas, states) if s.endswith("RUNNING")),
     )
 
 

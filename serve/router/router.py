@@ -11,6 +11,7 @@ by default, serves it on its own HTTP listener (``router_config.performance.http
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -24,6 +25,9 @@ from common.constants import ROUTER_DEPLOYMENT_NAME
 from common.errors import OverloadedError
 from common.logs import use_serve_log_handlers
 from configs.server_models import RouterConfig
+from serve.channel import channel_allowed
+from serve.channel.client import ChannelClient
+from serve.channel.paths import socket_dir
 from serve.deployments.model_host import host_models
 from serve.router.app import build_router_app
 from serve.router.auth import load_api_keys
@@ -52,17 +56,27 @@ class MultiModelRouter:
         import_engine_modules(engine_modules)  # the directory reads each engine's params and endpoints
         self.config = RouterConfig.model_validate(router_config)
         self.created = int(time.time())
-        backends: dict[str, ModelBackend] = {name: RemoteBackend(handle) for name, handle in handles.items()}
+        entries = [ModelEntry(**e) for e in model_entries]
+        counts = ReplicaCounts(current_app_name(), timeout_s=self.config.discovery_timeout_s)
+        backends = self._remote_backends(handles, entries, counts)
         self.in_router = host_models(in_router_configs, engine_modules) if in_router_configs else None
         if self.in_router is not None:
             backends[ROUTER_DEPLOYMENT_NAME] = InProcessBackend(self.in_router)
-        counts = ReplicaCounts(current_app_name(), timeout_s=self.config.discovery_timeout_s)
-        self.directory = ModelDirectory([ModelEntry(**e) for e in model_entries], backends,
-                                        self.config.discovery_timeout_s, counts)
+        self.directory = ModelDirectory(entries, backends, self.config.discovery_timeout_s, counts)
         self.metrics = RouterMetrics(self.config.log_requests)
         self.routes: tuple[EndpointRoute, ...] = all_routes()
         self.api = build_router_app(self, load_api_keys(self.config.api_keys_env))
         self.listener = await self._start_listener()
+
+    def _remote_backends(self, handles: dict[str, Any], entries: list[ModelEntry], counts: ReplicaCounts) -> dict[str, ModelBackend]:
+        """A backend per model deployment; those the local channel may serve get it (``serve/channel/``)."""
+        channel = ChannelClient(socket_dir()) if self.config.performance.local_channel else None
+        configs = {e.deployment: e.deployment_config for e in entries}
+        return {
+            name: RemoteBackend(handle, channel if channel and channel_allowed(configs.get(name, {})) else None,
+                                functools.partial(counts.running_ids, name))
+            for name, handle in handles.items()
+        }
 
     def __serve_build_asgi_app__(self) -> Any:
         """The app Ray Serve runs on its port (``serve.ingress()`` without an app asks for it)."""
