@@ -10,6 +10,7 @@ import pytest
 from common.errors import ModelNotReadyError
 from serve.router.model_directory import ModelDirectory, ModelEntry
 from serve.router.replica_counts import ReplicaCounts, Replicas, _count
+from tests import fake_engines  # noqa: F401 - registers FAKE_ECHO, the entries' type
 
 
 class FixedCounts(ReplicaCounts):
