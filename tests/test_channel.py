@@ -91,3 +91,17 @@ def test_a_busy_or_missing_replica_is_unavailable_before_any_answer(tmp_path: Pa
             await texts(client, path, call("z"))  # the idle connection is closed and nobody listens
 
     asyncio.run(scenario())
+
+
+def test_many_calls_back_to_back_and_concurrently_on_reused_connections(tmp_path: Path) -> None:
+    """A reused connection's next call arrives right after the last one's end: nothing of it may be lost."""
+
+    async def scenario() -> None:
+        _, server, client, path = await pair(tmp_path, limit=64)
+        for i in range(200):
+            assert await texts(client, path, call(f"n{i} x")) == [f"n{i}", "x"]
+        results = await asyncio.gather(*(texts(client, path, call(f"c{i} y z")) for i in range(32)))
+        assert results == [[f"c{i}", "y", "z"] for i in range(32)]
+        await server.stop(1)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -46,31 +46,35 @@ class ChannelServer:
         self.path.unlink(missing_ok=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # One read is always outstanding: the next call, or EOF. While a call runs, EOF means the
+        # router closed the connection (its client left), which cancels the call.
+        pending = asyncio.ensure_future(read_message(reader))
         try:
             while True:
                 self._idle.add(writer)
                 try:
-                    call = await read_message(reader)
+                    call = await pending
                 finally:
                     self._idle.discard(writer)
+                pending = asyncio.ensure_future(read_message(reader))
                 if self.in_flight >= self.limit:
                     writer.write(encode((BUSY,)))
                     continue
-                if not await self._serve(call, reader, writer):
+                if not await self._serve(call, writer, pending):
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             return  # the router closed the connection
         finally:
+            pending.cancel()
             writer.close()
 
-    async def _serve(self, call: ModelCall, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _serve(self, call: ModelCall, writer: asyncio.StreamWriter, next_read: asyncio.Future[Any]) -> bool:
         """Run one call, sending its batches; False when the client left mid-call (the call is cancelled)."""
         self.in_flight += 1
         send = asyncio.ensure_future(self._send(call, writer))
-        gone = asyncio.ensure_future(reader.read(1))  # the client says nothing mid-call: b"" = it closed
         try:
-            await asyncio.wait({send, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not send.done():
+            await asyncio.wait({send, next_read}, return_when=asyncio.FIRST_COMPLETED)
+            if not send.done():  # the router sends nothing mid-call: this is EOF
                 send.cancel()
                 with contextlib.suppress(BaseException):
                     await send
@@ -78,7 +82,6 @@ class ChannelServer:
             send.result()
             return True
         finally:
-            gone.cancel()
             self.in_flight -= 1
 
     async def _send(self, call: ModelCall, writer: asyncio.StreamWriter) -> None:
