@@ -45,6 +45,7 @@ class TransformersEngine(TextGenerationEngine):
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from cloud.cloud_utils import resolve_model_source
         from servers.generation.batcher import ContinuousBatcher, check_cache_supported
@@ -54,6 +55,9 @@ class TransformersEngine(TextGenerationEngine):
         self.device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
         source = resolve_model_source(self.config.model_loading_config.model_source, cfg.revision)
         common = {"gguf_file": cfg.gguf_file, "trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+        # one progress bar per load at most: a GGUF file's de-quantization (the slow part) keeps its own,
+        # transformers' "Loading weights" bar (well under a second here) is left out of the console
+        hf_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(source, **common)
         self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(torch), **common)
         self.model.to(self.device).eval()
