@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     rs.add_argument("--image", default=DEFAULT_IMAGE, help="image with Ray and this project installed")
     rs.add_argument("--gpu-image", default=None, help="image for GPU workers (default: --image)")
     rs.add_argument("--name", default="modelhost", help="metadata.name of the RayService")
-    rs.add_argument("--fast-ingress", action="store_true", help="HAProxy + direct ingress on every pod (see README)")
+    rs.add_argument("--fast-ingress", action="store_true", help="Ray Serve's HAProxy ingress + direct ingress flags on every pod (docs/kubernetes.md)")
     args = parser.parse_args(argv)
     try:
         manifest = build_rayservice(args.config, image=args.image, name=args.name, gpu_image=args.gpu_image,
