@@ -95,7 +95,8 @@ def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
 def _bind_model_deployment(name: str, entries: list[MultiModelConfig], loaded: LoadedConfig) -> Application:
     options = deployment_options(entries)
     performance = loaded.router.performance
-    channel = ChannelOptions(options["max_ongoing_requests"]) if performance.local_channel and channel_allowed(options) else None
+    channel = (ChannelOptions(options["max_ongoing_requests"], options.get("graceful_shutdown_timeout_s", 20.0))
+               if performance.local_channel and channel_allowed(options) else None)
     deployment = serve.deployment(MultiModelDeployment, name=name, **options)
     init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel)
     return _versioned(deployment, *init_args).bind(*init_args)

@@ -29,6 +29,7 @@ class MultiModelDeployment:
                        channel: ChannelOptions | None = None) -> None:
         self._server = host_models(llm_configs, engine_modules)
         self._stream_interval_s = stream_interval_s
+        self._channel_options = channel
         self._channel = await _start_channel(self._batches, channel) if channel is not None else None
 
     async def get_config(self) -> dict[str, Any]:
@@ -61,17 +62,17 @@ class MultiModelDeployment:
 
     async def __del__(self) -> None:
         if self._channel is not None:
-            await self._channel.stop(self._channel_drain_s)
+            await self._channel.stop(self._channel_options.drain_timeout_s)
         await self._server.stop()
-
-    _channel_drain_s = 20.0  # Ray's default graceful_shutdown_timeout_s
 
 
 @dataclass(frozen=True)
 class ChannelOptions:
-    """The local channel's side in a replica: its requests share ``max_ongoing_requests`` with Ray's."""
+    """The local channel's side in a replica: at most ``max_ongoing_requests`` calls at once over it (one
+    more is answered "busy" and goes through Ray's handle), and how long a stopping replica lets them finish."""
 
     max_ongoing_requests: int
+    drain_timeout_s: float = 20.0  # Ray's default graceful_shutdown_timeout_s
 
 
 async def _start_channel(run: Any, options: ChannelOptions) -> ChannelServer:
