@@ -8,7 +8,6 @@ nothing downstream re-reads the HTTP body or re-validates it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,3 @@ class ModelCall:
     stream: bool = False
     deadline: float = float("inf")  # time.time() by which the answer must be complete
     adapter: str | None = None  # a LoRA adapter of the model, when the request names one
-
-    def remaining_s(self) -> float:
-        """Seconds left before the deadline (negative once it has passed)."""
-        return self.deadline - time.time()
