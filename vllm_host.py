@@ -96,10 +96,15 @@ def _bind_model_deployment(name: str, entries: list[MultiModelConfig], loaded: L
     options = deployment_options(entries)
     performance = loaded.router.performance
     channel = (ChannelOptions(options["max_ongoing_requests"], options.get("graceful_shutdown_timeout_s", 20.0))
-               if performance.local_channel and channel_allowed(options) else None)
+               if performance.local_channel and channel_allowed(options, _on_demand(entries)) else None)
     deployment = serve.deployment(MultiModelDeployment, name=name, **options)
-    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel)
+    pool = loaded.pools[name].model_dump() if name in loaded.pools else None
+    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel, pool)
     return _versioned(deployment, *init_args).bind(*init_args)
+
+
+def _on_demand(entries: list[MultiModelConfig]) -> bool:
+    return any(e.load == "on_demand" for e in entries)
 
 
 def _versioned(deployment: Any, *init_args: Any) -> Any:
@@ -133,6 +138,8 @@ def _index_entry(entry: MultiModelConfig) -> dict[str, Any]:
         "engine_kwargs": entry.engine_kwargs,
         "deployment_config": entry.deployment_config,
         "request_timeout_s": entry.request_timeout_s,
+        "load": entry.load,
+        "adapters": [a.adapter_id for a in entry.lora_adapters],
     }
 
 

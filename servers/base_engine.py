@@ -92,6 +92,19 @@ class BaseEngine(ABC):
         """Live counters shown on ``/v1/models`` (queue depth, tokens generated, ...)."""
         return {}
 
+    @classmethod
+    def estimate_footprint(cls, config: "MultiModelConfig", engine_config: BasePydantic) -> int | None:
+        """Bytes of RAM the loaded model should take, before it was ever loaded (a pool budgets with it
+        until the first load measures it): by default its files' size; None when unknown (hub ids)."""
+        from common.footprint import files_size
+
+        return files_size(config.model_loading_config.model_source)
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        """Import the engine's heavy libraries (torch, ...) before a load is measured, so a pool's first
+        model is not charged for the libraries every later model shares."""
+
     def handler(self, endpoint: str) -> Any:
         """The bound method that serves ``endpoint`` (callers checked it is served)."""
         return getattr(self, ENDPOINTS[endpoint].engine_method)

@@ -23,6 +23,8 @@ from servers.registry import register_engine
 
 logger = logging.getLogger(__name__)
 
+GGUF_BYTES_PER_WEIGHT = 0.5625  # Q4_0/Q4_1: 4.5 bits a weight with the block scales
+
 
 @register_engine("TRANSFORMERS")
 class TransformersEngine(TextGenerationEngine):
@@ -37,6 +39,24 @@ class TransformersEngine(TextGenerationEngine):
         self.max_model_len = 0
         self._batcher: Any = None
         self._executor = model_executor(self.model_id)
+
+    @classmethod
+    def estimate_footprint(cls, config: Any, engine_config: TransformersEngineConfig) -> int | None:
+        """A GGUF file is de-quantized on load: about 4.5 bits a weight on disk (Q4) become 2 or 4 bytes."""
+        from common.footprint import files_size
+
+        source = config.model_loading_config.model_source
+        size = files_size(source if not engine_config.gguf_file else os.path.join(source, engine_config.gguf_file))
+        if size is None or not engine_config.gguf_file:
+            return size
+        bytes_per_weight = 2 if engine_config.dtype in ("bfloat16", "float16") else 4
+        return int(size / GGUF_BYTES_PER_WEIGHT * bytes_per_weight)
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401 - the lazy module's heavy part
 
     async def start(self) -> None:
         await run_blocking(self._executor, self._load)

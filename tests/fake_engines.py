@@ -23,6 +23,7 @@ class FakeEchoKwargs(BasePydantic):
     start_delay_s: float = Field(default=0.0, ge=0)
     fail_on_start: bool = False
     prefix: str = ""
+    hold_bytes: int = Field(default=0, ge=0, description="RAM the fake engine holds while loaded (for pool tests).")
 
 
 class FakeEchoParams(BasePydantic):
@@ -48,6 +49,15 @@ class FakeEchoEngine(BaseEngine):
         await asyncio.sleep(self.engine_config.start_delay_s)
         if self.engine_config.fail_on_start:
             raise RuntimeError("fake engine configured to fail on start")
+        self.held = bytearray(self.engine_config.hold_bytes)
+        memoryview(self.held)[::4096] = b"\x01" * len(range(0, len(self.held), 4096))  # touch every page
+
+    async def stop(self) -> None:
+        self.held = bytearray()
+
+    @classmethod
+    def estimate_footprint(cls, config: Any, engine_config: FakeEchoKwargs) -> int | None:
+        return engine_config.hold_bytes or None
 
     async def infer(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         if not isinstance(call.input, str):

@@ -28,17 +28,21 @@ class ModelBackend(Protocol):
 
     def get_config(self) -> Awaitable[dict[str, Any]]: ...
 
+    def admin(self, method: str, model_id: str) -> Awaitable[dict[str, Any]]: ...
+
 
 class RemoteBackend:
     """A deployment's replicas: over the local channel when one of them is on this node and free
     (``serve/channel/``), else through Ray's handle."""
 
     def __init__(self, handle: Any, channel: ChannelClient | None = None,
-                 running_replicas: Callable[[], tuple[str, ...]] = tuple) -> None:
+                 running_replicas: Callable[[], tuple[str, ...]] = tuple, multiplexed: bool = False) -> None:
         # by value over the replicas' gRPC servers: about half the CPU of Ray actor calls per request
         # (bench/README.md), with no cluster-wide flag (RAY_SERVE_USE_GRPC_BY_DEFAULT) needed
         self._stream = handle.options(stream=True, _by_reference=False)
         self._handle = handle
+        # on-demand models on several replicas: Ray routes each call to a replica holding its model
+        self._per_model: dict[str, Any] | None = {} if multiplexed else None
         self._channel = channel
         self._running_replicas = running_replicas
 
@@ -62,8 +66,16 @@ class RemoteBackend:
         async for chunk in self._via_handle(call):
             yield chunk
 
+    def _stream_for(self, model_id: str) -> Any:
+        if self._per_model is None:
+            return self._stream
+        stream = self._per_model.get(model_id)
+        if stream is None:
+            stream = self._per_model[model_id] = self._stream.options(multiplexed_model_id=model_id)
+        return stream
+
     async def _via_handle(self, call: ModelCall) -> AsyncIterator[Chunk]:
-        response = self._stream.call.remote(call)
+        response = self._stream_for(call.model_id).call.remote(call)
         try:
             async for batch in response:
                 for chunk in _checked(batch):
@@ -76,6 +88,11 @@ class RemoteBackend:
 
     def get_config(self) -> Any:
         return self._handle.get_config.remote()
+
+    def admin(self, method: str, model_id: str) -> Any:
+        """``load_model`` / ``unload_model`` on a replica (the one holding the model, when multiplexed)."""
+        handle = self._handle.options(multiplexed_model_id=model_id) if self._per_model is not None else self._handle
+        return getattr(handle, method).remote(model_id)
 
 
 def _checked(batch: list[Chunk]) -> Iterator[Chunk]:
@@ -94,4 +111,7 @@ class InProcessBackend:
         return self.server.call(call)
 
     async def get_config(self) -> dict[str, Any]:
-        return {**replica_info(), "models": self.server.describe()}
+        return {**replica_info(), "models": self.server.describe(), "pool": self.server.describe_pool()}
+
+    async def admin(self, method: str, model_id: str) -> dict[str, Any]:
+        return {**(await getattr(self.server, method)(model_id)), "replica": replica_info()}

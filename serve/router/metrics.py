@@ -75,6 +75,8 @@ class RequestRecord:
     streamed: bool = False  # a merged answer's one chunk says nothing about time to first token
 
     def on_chunk(self, chunk: dict[str, Any]) -> None:
+        if "heartbeat" in chunk:  # the model is still loading: not output
+            return
         if self.first_chunk is None:
             self.first_chunk = time.monotonic()
         usage = chunk.get("usage")

@@ -56,7 +56,7 @@ class MultiModelRouter:
         import_engine_modules(engine_modules)  # the directory reads each engine's params and endpoints
         self.config = RouterConfig.model_validate(router_config)
         self.created = int(time.time())
-        entries = [ModelEntry(**e) for e in model_entries]
+        entries = [ModelEntry(**{**e, "adapters": tuple(e.get("adapters", ()))}) for e in model_entries]
         counts = ReplicaCounts(current_app_name(), timeout_s=self.config.discovery_timeout_s)
         backends = self._remote_backends(handles, entries, counts)
         self.in_router = host_models(in_router_configs, engine_modules) if in_router_configs else None
@@ -71,12 +71,19 @@ class MultiModelRouter:
     def _remote_backends(self, handles: dict[str, Any], entries: list[ModelEntry], counts: ReplicaCounts) -> dict[str, ModelBackend]:
         """A backend per model deployment; those the local channel may serve get it (``serve/channel/``)."""
         channel = ChannelClient(socket_dir()) if self.config.performance.local_channel else None
-        configs = {e.deployment: e.deployment_config for e in entries}
-        return {
-            name: RemoteBackend(handle, channel if channel and channel_allowed(configs.get(name, {})) else None,
-                                functools.partial(counts.running_ids, name))
-            for name, handle in handles.items()
-        }
+        configs: dict[str, dict[str, Any]] = {}
+        on_demand: set[str] = set()
+        for e in entries:  # entries sharing a deployment set its options on one of them
+            configs[e.deployment] = {**configs.get(e.deployment, {}), **e.deployment_config}
+            if e.load == "on_demand":
+                on_demand.add(e.deployment)
+        backends: dict[str, ModelBackend] = {}
+        for name, handle in handles.items():
+            allowed = channel_allowed(configs.get(name, {}), name in on_demand)
+            backends[name] = RemoteBackend(handle, channel if channel and allowed else None,
+                                           functools.partial(counts.running_ids, name),
+                                           multiplexed=name in on_demand and not allowed)
+        return backends
 
     def __serve_build_asgi_app__(self) -> Any:
         """The app Ray Serve runs on its port (``serve.ingress()`` without an app asks for it)."""
@@ -118,7 +125,10 @@ class MultiModelRouter:
     async def list_models(self) -> dict[str, Any]:
         """Every model with its live status, in our shape (``models``) and OpenAI's (``object``/``data``)."""
         models = await self.directory.describe_all()
-        return {"object": "list", "data": [self._model_card(m) for m in models], "models": models}
+        cards = [self._model_card(m) for m in models]
+        cards += [{**self._model_card({"model_id": f"{m['model_id']}:{a}"}), "parent": m["model_id"]}
+                  for m in models for a in m.get("adapters", [])]
+        return {"object": "list", "data": cards, "models": models}
 
     async def model_info(self, model_id: str) -> dict[str, Any]:
         model = await self.directory.describe(model_id)
@@ -126,6 +136,14 @@ class MultiModelRouter:
 
     def _model_card(self, model: dict[str, Any]) -> dict[str, Any]:
         return {"id": model["model_id"], "object": "model", "created": self.created, "owned_by": "modelhost"}
+
+    async def load_model(self, model_id: str) -> dict[str, Any]:
+        """Admin: load a model now (an on-demand model, or a failed one again)."""
+        return await self.directory.admin("load_model", model_id)
+
+    async def unload_model(self, model_id: str) -> dict[str, Any]:
+        """Admin: unload a model once its requests in flight are done; 409 for a pinned model."""
+        return await self.directory.admin("unload_model", model_id)
 
     async def health(self) -> JSONResponse:
         """200 when every model is ready (or scaled to zero by config), 503 otherwise; per-model status in the body."""
@@ -169,6 +187,7 @@ class MultiModelRouter:
         return listener
 
 
-SERVING = ("ready", "scaled_to_zero")  # statuses that count as healthy: a scaled-to-zero model wakes on a request
+# statuses that count as healthy: a scaled-to-zero model wakes on a request, an unloaded one loads on it
+SERVING = ("ready", "scaled_to_zero", "unloaded")
 
 RouterIngress = serve.ingress()(MultiModelRouter)

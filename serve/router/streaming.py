@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Protocol
 
 from fastapi.responses import StreamingResponse
 
-from common.chunks import ChunkMerger
+from common.chunks import ChunkMerger, is_heartbeat
 from common.errors import RequestTimeoutError, ServingError
 from common.sse import SSE_DONE, sse_event
 
@@ -55,15 +55,20 @@ async def sse_response(chunks: Chunks, timeout: float, encoder: EventEncoder) ->
         await chunks.aclose()
         raise
 
+    def encoded(chunk: dict[str, Any]) -> list[bytes]:
+        if is_heartbeat(chunk):  # the model is loading: a comment keeps proxies from cutting the stream
+            return [f": {chunk['heartbeat']}\n\n".encode()]
+        return [sse_event(payload) for payload in encoder.on_chunk(chunk)]
+
     async def events() -> AsyncIterator[bytes]:
         try:
             if first is not None:
-                for payload in encoder.on_chunk(first):
-                    yield sse_event(payload)
+                for event in encoded(first):
+                    yield event
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     async for chunk in chunks:
-                        for payload in encoder.on_chunk(chunk):
-                            yield sse_event(payload)
+                        for event in encoded(chunk):
+                            yield event
             for payload in encoder.on_end():
                 yield sse_event(payload)
         except ServingError as err:

@@ -61,7 +61,7 @@ def build_call(route: EndpointRoute, body: Any, model: ModelHandle, request_id: 
     return ModelCall(
         request_id=request_id, model_id=model.entry.model_id, endpoint=route.path, input=model_input,
         params=validate_params(model.params_model, params, route.params_prefix), stream=stream,
-        deadline=time.time() + timeout_s,
+        deadline=time.time() + timeout_s, adapter=model.adapter,
     )
 
 
