@@ -210,16 +210,18 @@ def _check_duplicates(models: Iterable[MultiModelConfig]) -> list[str]:
 
 def _check_shared_deployments(models: Iterable[MultiModelConfig]) -> list[str]:
     """Entries that share a deployment name must not disagree about its options."""
-    first: dict[str, MultiModelConfig] = {}
+    first: dict[str, MultiModelConfig] = {}  # per deployment, the first entry that sets its options
     problems = []
     for m in models:
         name = m.deployment_name()
+        options = {k: v for k, v in m.deployment_config.items() if k != "name"}
+        if not options:
+            continue
         if name not in first:
             first[name] = m
             continue
-        options = {k: v for k, v in m.deployment_config.items() if k != "name"}
         owner = {k: v for k, v in first[name].deployment_config.items() if k != "name"}
-        if options and options != owner:
+        if options != owner:
             problems.append(
                 f"deployment_config: model '{m.model_id}' shares deployment '{name}' with "
                 f"'{first[name].model_id}' but sets different options; set them on one entry only"

@@ -38,6 +38,7 @@ class TransformersEngine(TextGenerationEngine):
         self.device = "cpu"
         self.max_model_len = 0
         self._batcher: Any = None
+        self._adapters: Any = None
         self._executor = model_executor(self.model_id)
 
     @classmethod
@@ -69,6 +70,7 @@ class TransformersEngine(TextGenerationEngine):
 
         from cloud.cloud_utils import resolve_model_source
         from servers.generation.batcher import ContinuousBatcher, check_cache_supported
+        from servers.generation.lora import LoraAdapters
 
         cfg = self.engine_config
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
@@ -87,6 +89,8 @@ class TransformersEngine(TextGenerationEngine):
             probe = self.model(input_ids=torch.tensor([[self._eos_ids()[0]]], device=self.device), use_cache=True)
         check_cache_supported(probe.past_key_values)
         self._batcher = ContinuousBatcher(self.model, self.device, set(self._eos_ids()), cfg.max_batch_size)
+        sources = {a.adapter_id: a.source for a in self.config.lora_adapters}
+        self._adapters = LoraAdapters(sources, self.config.max_loaded_adapters, self._batcher) if sources else None
         logger.info("loaded %s on %s (%s threads, context %d)", self.model_id, self.device, torch.get_num_threads(), self.max_model_len)
 
     def _dtype(self, torch: Any) -> Any:
@@ -108,6 +112,18 @@ class TransformersEngine(TextGenerationEngine):
         return ids
 
     async def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        """The model's tokens; a call naming a LoRA adapter runs through it, in the same batch."""
+        if call.adapter is None:
+            async for chunk in self._generate(call):
+                yield chunk
+            return
+        if self._adapters is None:
+            raise InvalidRequestError(f"model '{self.model_id}' has no adapters", param="model")
+        async with self._adapters.use(call.adapter):
+            async for chunk in self._generate(call):
+                yield chunk
+
+    async def _generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         from servers.generation.batcher import GenerationJob, TokenEvent
         from servers.generation.detokenizer import IncrementalDetokenizer
         from servers.generation.sampling import SequenceSampler
@@ -131,6 +147,7 @@ class TransformersEngine(TextGenerationEngine):
             sampler=SequenceSampler(params, prompt_ids, self._vocab_size()),
             detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
             emit=emit,
+            adapter=call.adapter,
         )
         self._batcher.submit(job)
         finished = False
@@ -181,6 +198,13 @@ class TransformersEngine(TextGenerationEngine):
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.model = None
         self._batcher = None
+        self._adapters = None
 
     def stats(self) -> dict[str, Any]:
-        return self._batcher.stats() if self._batcher is not None else {}
+        if self._batcher is None:
+            return {}
+        return {**self._batcher.stats(), **(self._adapters.stats() if self._adapters is not None else {})}
+
+    def load_adapter(self, adapter: str) -> Any:
+        """LoRA adapters are loaded per request (``call.adapter``); see ``servers.generation.lora``."""
+        return self._adapters.use(adapter)

@@ -40,8 +40,9 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None = None) -> dict[str, Any]:
-    """The app every integration test talks to: a real LLM, fake engines, a broken model."""
+def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None = None,
+                         lora_dirs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The app every integration test talks to: a real LLM (with LoRA adapters), fake engines, a broken model."""
     echo = lambda model_id, deployment, **kwargs: {  # noqa: E731
         "model_loading_config": {"model_id": model_id, "model_source": "none", "type": "FAKE_ECHO"},
         "deployment_config": {"name": deployment, "ray_actor_options": {"num_cpus": 0.1}},
@@ -55,6 +56,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None 
                 "model_loading_config": {"model_id": "smollm2-135m-instruct", "model_source": str(smollm2), "type": "TRANSFORMERS"},
                 "deployment_config": {"name": "smollm2", "ray_actor_options": {"num_cpus": 0.3}},
                 "engine_kwargs": {"gguf_file": SMOLLM2_GGUF, "dtype": "float32", "max_batch_size": 8},
+                "lora_adapters": [{"adapter_id": a, "source": str(d)} for a, d in (lora_dirs or {}).items()],
             },
             echo("echo-a", "echo-shared", prefix="a:"),
             {**echo("org/echo-b", "echo-shared", prefix="b:"), "deployment_config": {"name": "echo-shared"}},
@@ -175,12 +177,62 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metri
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deploy_app(integration_app_args(smollm2_dir, broken, direct_ports["main"]), name="default", route_prefix="/")
+        loras = smollm2_loras(tmp_path_factory.mktemp("loras"))
+        deploy_app(integration_app_args(smollm2_dir, broken, direct_ports["main"], loras), name="default", route_prefix="/")
         wait_until(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200, timeout=120)
         yield base_url
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def smollm2_loras(folder: Path) -> dict[str, Path]:
+    """Two LoRA adapters of the demo SmolLM2 (random, non-zero), as ``lora_adapters`` of the main app."""
+    from tests.tiny_models import SMOLLM2_SHAPES, build_lora
+
+    return {name: build_lora(folder / name, SMOLLM2_SHAPES, seed) for name, seed in (("terse", 1), ("wordy", 2))}
+
+
+POOL_MODELS = 6
+POOL_BUDGET_MB = 110  # each pool model is about 40 MB loaded: two fit, three do not
+POOL_SLACK_MB = 64  # allocator and KV-cache headroom above the budget the replica's RSS may show
+
+
+@pytest.fixture(scope="session")
+def pool_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Six different small Llamas (about 9.4M parameters each), real files loaded by TRANSFORMERS."""
+    from tests.tiny_models import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("pool-models")
+    return [build_tiny_llama(root / f"m{i}", seed=i + 1, hidden_size=512, intermediate_size=1536, num_hidden_layers=3)
+            for i in range(POOL_MODELS)]
+
+
+def pool_app_args(model_dirs: list[Path], broken_dir: Path) -> dict[str, Any]:
+    """A pool of six on-demand models (the first pinned) and a broken one, under a budget that holds two."""
+    def entry(model_id: str, source: Path, **fields: Any) -> dict[str, Any]:
+        return {"model_loading_config": {"model_id": model_id, "model_source": str(source), "type": "TRANSFORMERS"},
+                "deployment_config": {"name": "pool"}, "engine_kwargs": {"num_threads": 1, "max_batch_size": 4},
+                "load": "on_demand", **fields}
+
+    entries = [entry(f"pool-{i}", d, **({"pin": True} if i == 0 else {})) for i, d in enumerate(model_dirs)]
+    entries[1]["deployment_config"] = {"name": "pool", "ray_actor_options": {"num_cpus": 0.2}}
+    return {
+        "router_config": {"request_timeout_s": 120, "performance": {"http_port": None}},
+        "pools": {"pool": {"memory_budget": f"{POOL_BUDGET_MB}MB", "load_timeout_s": 60}},
+        "llm_configs": [*entries, entry("pool-broken", broken_dir)],
+    }
+
+
+@pytest.fixture(scope="session")
+def pool_app(serve_app: str, pool_model_dirs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``pool_app_args`` deployed beside the main app, under ``/pool``."""
+    broken = tmp_path_factory.mktemp("broken-pool-model")
+    (broken / "config.json").write_text("{not json")
+    deploy_app(pool_app_args(pool_model_dirs, broken), name="pool", route_prefix="/pool")
+    base_url = f"{serve_app}/pool"
+    wait_until(lambda: httpx.get(f"{base_url}/v1/health", timeout=10).status_code == 200, timeout=120)
+    return base_url
 
 
 @pytest.fixture(scope="session")

@@ -168,3 +168,14 @@ def test_admin_unload_waits_for_requests_in_flight() -> None:
         assert (await server.load_model("m"))["status"] == "ready"
 
     asyncio.run(scenario())
+
+
+def test_queued_loads_do_not_hold_room_against_each_other() -> None:
+    async def scenario() -> None:
+        slow = {"engine_kwargs": {"start_delay_s": 0.05}}
+        server = MultiModelServer([entry(m, **slow) for m in "abc"], pool(max_loaded=1, load_timeout_s=3))
+        answers = await asyncio.gather(*(ask(server, m, f"to {m}") for m in "abcabc"))
+        assert [a[0]["text"] for a in answers] == ["to"] * 6
+        assert len(loaded(server)) == 1
+
+    asyncio.run(scenario())

@@ -59,6 +59,14 @@ class ModelSlot:
             return ()
         return self.measured.gpu
 
+    @property
+    def shown_status(self) -> str:
+        """``loading`` from the moment a load is asked for (queued behind another, or an eager model
+        whose replica is starting), though the slot holds memory only once the load really begins."""
+        queued = self.load_task is not None and not self.load_task.done()
+        starting = self.config.load == "eager" and self.loads == 0 and self.load_task is None
+        return LOADING if self.status == UNLOADED and (queued or starting) else self.status
+
     def touch(self) -> None:
         self.used_at, self.last_used = time.monotonic(), time.time()
 
@@ -73,7 +81,7 @@ class ModelSlot:
         return {
             "model_id": self.model_id,
             "type": self.config.engine_type,
-            "status": self.status,
+            "status": self.shown_status,
             "error": self.error,
             "load_seconds": self.load_seconds,
             "load": self.config.load,

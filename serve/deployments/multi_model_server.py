@@ -42,13 +42,14 @@ class MultiModelServer:
     def __init__(self, configs: list[MultiModelConfig], pool: PoolConfig | None = None,
                  events: PoolEvents | None = None) -> None:
         self.models: dict[str, ModelSlot] = {
-            c.model_id: ModelSlot(c, _estimate(c), status=LOADING if c.load == "eager" else UNLOADED) for c in configs
+            c.model_id: ModelSlot(c, _estimate(c)) for c in configs
         }
         self.pool = pool
         self.events = events or PoolEvents()
         self._load_lock = asyncio.Lock() if pool is not None else None  # a pool measures one load at a time
         self._idle = asyncio.Event()  # set whenever a model's last request ends (room may have freed up)
         self._start_task: asyncio.Task[None] | None = None
+        self.libraries_imported = False
 
     def start_in_background(self) -> None:
         """Begin loading the eager engines; the host answers status calls meanwhile."""
@@ -58,6 +59,18 @@ class MultiModelServer:
         """Load the eager engines (concurrently outside a pool); never raises (failures are kept per model)."""
         tasks = [self._ensure_loading(slot) for slot in self.models.values() if slot.config.load == "eager"]
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._import_on_demand_libraries()
+
+    async def _import_on_demand_libraries(self) -> None:
+        """Import what the on-demand engines need (torch, ...) now: their first load is faster, and it
+        measures the model alone, against a baseline the pool reports (``libraries_imported``)."""
+        classes = {s.config.engine_type for s in self.models.values() if s.config.load == "on_demand"}
+        for engine_type in sorted(classes):
+            try:
+                await asyncio.to_thread(get_engine_class(engine_type).import_libraries)
+            except Exception as exc:  # noqa: BLE001 - the load reports it with the model's name
+                logger.warning("engine %s: importing its libraries failed: %s", engine_type, exc)
+        self.libraries_imported = True
 
     # -- serving ------------------------------------------------------------------------------
     async def call(self, call: ModelCall) -> AsyncIterator[Chunk]:
@@ -97,19 +110,20 @@ class MultiModelServer:
                 wait_s = min(wait_s, HEARTBEAT_AFTER_S)
             await asyncio.wait({task}, timeout=wait_s)
             if slot.status != READY and call.stream and time.monotonic() - began >= HEARTBEAT_AFTER_S:
-                yield heartbeat_chunk(f"model {slot.model_id} is {slot.status}")
+                yield heartbeat_chunk(f"model {slot.model_id} is {slot.shown_status}")
 
     def _not_loaded_in_time(self, slot: ModelSlot, limit: float) -> ModelNotReadyError:
         busy = model_pool.blockers(self.models.values(), slot)
-        why = f"; memory is held by: {', '.join(busy)}" if busy and slot.status == LOADING else ""
-        return ModelNotReadyError(f"model '{slot.model_id}' is {slot.status} and was not ready within {limit:g}s{why}; retry later",
+        status = slot.shown_status
+        why = f"; memory is held by: {', '.join(busy)}" if busy and status == LOADING else ""
+        return ModelNotReadyError(f"model '{slot.model_id}' is {status} and was not ready within {limit:g}s{why}; retry later",
                                   retry_after_s=self.pool.retry_after_s if self.pool else 5)
 
     # -- loading and unloading ----------------------------------------------------------------
     def _ensure_loading(self, slot: ModelSlot) -> asyncio.Task[None]:
-        """The slot's one load task (concurrent requests for an unloaded model share it)."""
+        """The slot's one load task (concurrent requests for an unloaded model share it). The slot turns
+        ``loading`` when the load really begins: a queued load holds no memory and must not block others."""
         if slot.load_task is None or slot.load_task.done():
-            slot.set_status(LOADING)
             slot.load_task = asyncio.get_running_loop().create_task(self._loading(slot))
         return slot.load_task
 
@@ -266,6 +280,7 @@ class MultiModelServer:
         held = [s for s in self.models.values() if s.status in model_pool.HOLDING]
         return {**self.pool.model_dump(), "loaded": [s.model_id for s in held],
                 "loaded_bytes": sum(s.ram_bytes for s in self.models.values()),
+                "libraries_imported": self.libraries_imported,
                 "process_rss_bytes": process_memory().rss}
 
     async def check_health(self) -> None:
