@@ -3,7 +3,8 @@
 Pure decisions over the replica's slots (``MultiModelServer`` acts on them): a model fits when the
 loaded models' measured (or estimated) memory plus its own stays within ``memory_budget`` (and each
 GPU's within ``gpu_memory_budget``) and the count within ``max_loaded``. The victim is the least
-recently used loaded model that is not pinned, not the one being loaded, and has nothing in flight.
+recently used loaded model that is not pinned, not the one being loaded, and has no request in flight
+or waiting to start on it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def fits(pool: PoolConfig | None, slots: Iterable[ModelSlot], candidate: ModelSl
 
 def eviction_victim(slots: Iterable[ModelSlot], candidate: ModelSlot) -> ModelSlot | None:
     """The least recently used idle, unpinned model holding memory (a sleeping engine counts)."""
-    idle = [s for s in slots if s is not candidate and not s.config.pin and s.in_flight == 0
+    idle = [s for s in slots if s is not candidate and not s.config.pin and s.in_flight == 0 and s.waiting == 0
             and (s.status == READY or s.sleeping)]
     return min(idle, key=lambda s: (not s.sleeping, s.used_at), default=None)
 

@@ -32,6 +32,7 @@ class ModelSlot:
     last_used: float | None = None  # wall clock, for people; LRU order uses ``used_at``
     used_at: float = 0.0
     in_flight: int = 0
+    waiting: int = 0  # requests waiting for this model to be ready
     loads: int = 0
     evictions: int = 0
     load_task: asyncio.Task[None] | None = None

@@ -77,8 +77,12 @@ class MultiModelServer:
         """The engine's chunks for one call, once its model is loaded (a stream that waits long gets
         heartbeats). The model counts as in use, so it is not evicted, until the call ends."""
         slot = self._slot(call.model_id)
-        async for beat in self._wait_ready(slot, call):
-            yield beat
+        slot.waiting += 1  # a model with requests waiting for it is not evicted before they start
+        try:
+            async for beat in self._wait_ready(slot, call):
+                yield beat
+        finally:
+            slot.waiting -= 1
         slot.in_flight += 1  # no await since the wait saw it ready: it cannot be evicted in between
         self._cancel_keep_alive(slot)
         slot.touch()
@@ -227,7 +231,7 @@ class MultiModelServer:
         slot.keep_alive_timer = None
         lock = self._load_lock or contextlib.nullcontext()
         async with lock:  # not while a load measures the process's memory
-            if slot.status == READY and slot.in_flight == 0:
+            if slot.status == READY and slot.in_flight == 0 and slot.waiting == 0:
                 await self._unload(slot, "keep_alive expired")
 
     @staticmethod
