@@ -58,7 +58,7 @@ SMOLLM2_SHAPES = SimpleNamespace(hidden_size=576, num_attention_heads=9, num_key
                                  head_dim=64)
 
 
-def build_lora(target: Path, base_config: Any, seed: int, rank: int = 4, scale: float = 0.05) -> Path:
+def build_lora(target: Path, base_config: Any, seed: int, rank: int = 4, scale: float = 0.2) -> Path:
     """A PEFT LoRA folder on ``q_proj``/``v_proj`` with random non-zero A and B (trained LoRAs have
     non-zero B), written without loading the base model: only its config's shapes are needed."""
     import json
