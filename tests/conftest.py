@@ -51,12 +51,19 @@ def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None 
     return {
         "engine_modules": ["tests.fake_engines", *(["tests.fake_vllm"] if importlib.util.find_spec("vllm") else [])],
         "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0, "performance": {"http_port": http_port}},
+        "pools": {"smollm2": {"max_loaded": 2}},
         "llm_configs": [
             {
                 "model_loading_config": {"model_id": "smollm2-135m-instruct", "model_source": str(smollm2), "type": "TRANSFORMERS"},
                 "deployment_config": {"name": "smollm2", "ray_actor_options": {"num_cpus": 0.3}},
                 "engine_kwargs": {"gguf_file": SMOLLM2_GGUF, "dtype": "float32", "max_batch_size": 8},
                 "lora_adapters": [{"adapter_id": a, "source": str(d)} for a, d in (lora_dirs or {}).items()],
+                "pin": True,
+            },
+            {   # the README's swap example: an on-demand model in the same pool (loaded by the docs test)
+                "model_loading_config": {"model_id": "smollm2-135m-bf16", "model_source": str(smollm2), "type": "TRANSFORMERS"},
+                "deployment_config": {"name": "smollm2"}, "load": "on_demand",
+                "engine_kwargs": {"gguf_file": SMOLLM2_GGUF, "dtype": "bfloat16", "max_batch_size": 8},
             },
             echo("echo-a", "echo-shared", prefix="a:"),
             {**echo("org/echo-b", "echo-shared", prefix="b:"), "deployment_config": {"name": "echo-shared"}},
