@@ -31,6 +31,7 @@ logger = logging.getLogger("bench")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="SECTION", help="sections to run, as `python -m bench swap` (same as --sections)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is reported)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny request counts and 1 repeat")
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results folder")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild summary.md and summary.png")
     args = parser.parse_args(argv)
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.sections = args.names or [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}")
