@@ -9,6 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -46,19 +47,29 @@ def process_memory() -> Memory:
 
 
 def _cuda_allocated() -> tuple[int, ...]:
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
+    cuda = _torch_cuda()
+    if cuda is None:
         return ()
-    return tuple(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
+    return tuple(cuda.memory_allocated(i) for i in range(cuda.device_count()))
+
+
+def _torch_cuda() -> Any:
+    """``torch.cuda`` when torch is imported (completely: another thread may be importing it) and has a GPU."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None) if torch is not None else None
+    try:
+        return cuda if cuda is not None and cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - a half-initialized torch counts as no GPU
+        return None
 
 
 def release_freed_memory() -> None:
     """After an unload: collect the model's objects and hand freed heap pages back to the OS, so the
     RSS a pool measures falls with it (glibc keeps small freed blocks otherwise)."""
     gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    cuda = _torch_cuda()
+    if cuda is not None:
+        cuda.empty_cache()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc

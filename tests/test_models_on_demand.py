@@ -149,3 +149,16 @@ def test_unknown_adapter_is_404_naming_the_adapters(client: httpx.Client) -> Non
     answer = chat(client, "smollm2-135m-instruct:nope")
     assert answer.status_code == 404
     assert "terse" in answer.json()["error"]["message"] and answer.json()["error"]["code"] == "adapter_not_found"
+
+
+def test_pool_metrics_reach_rays_prometheus_endpoint(pool: httpx.Client, metrics_port: int) -> None:
+    complete(pool, "pool-5")
+    complete(pool, "pool-4")  # evicts pool-5 (pool-0 is pinned)
+    names = ("modelhost_model_loads_total", "modelhost_model_evictions_total", "modelhost_model_load_seconds",
+             "modelhost_model_loaded_bytes", "modelhost_model_loaded")
+
+    def exported() -> bool:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        return all(name in text for name in names) and 'model="pool-5"' in text
+
+    wait_until(exported, timeout=120, interval=2)

@@ -39,7 +39,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 def smollm2(model_id: str, deployment: str, dtype: str = "float32", num_cpus: float = 0.5, **fields: Any) -> dict[str, Any]:
     entry = llm_entry()
     entry["model_loading_config"] = {**entry["model_loading_config"], "model_id": model_id}
-    entry["deployment_config"] = {"name": deployment, "ray_actor_options": {"num_cpus": num_cpus}, **fields.pop("deployment", {})}
+    entry["deployment_config"] = {"name": deployment, "ray_actor_options": {"num_cpus": num_cpus}, **fields.pop("deployment_options", {})}
     entry["engine_kwargs"] = {**entry["engine_kwargs"], "dtype": dtype}
     entry.pop("pin", None)
     return {**entry, **fields}
@@ -103,7 +103,7 @@ def fresh_processes(rounds: int) -> tuple[list[float], list[float]]:
 def from_zero(settings: RunSettings, rounds: int) -> list[float]:
     scaling = {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "downscale_delay_s": 1,
                                       "upscale_delay_s": 0, "target_ongoing_requests": 1}}
-    entry = smollm2("zero", "zero-deployment", deployment=scaling)
+    entry = smollm2("zero", "zero-deployment", deployment_options=scaling)
     times = []
     with Platform([entry], settings.profile, label="swap-from-zero") as platform:
         for _ in range(rounds):
