@@ -69,6 +69,7 @@ class TransformersEngine(TextGenerationEngine):
         from transformers.utils import logging as hf_logging
 
         from cloud.cloud_utils import resolve_model_source
+        from servers.generation import gguf_cache
         from servers.generation.batcher import ContinuousBatcher, check_cache_supported
         from servers.generation.lora import LoraAdapters
 
@@ -77,11 +78,17 @@ class TransformersEngine(TextGenerationEngine):
         self.device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
         source = resolve_model_source(self.config.model_loading_config.model_source, cfg.revision)
         common = {"gguf_file": cfg.gguf_file, "trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+        dtype = self._dtype(torch)
+        converted = self._converted_copy(source, dtype)
+        if converted is not None and gguf_cache.is_cached(converted):
+            source, common = str(converted), {**common, "gguf_file": None, "revision": None}
         # one progress bar per load at most: a GGUF file's de-quantization (the slow part) keeps its own,
         # transformers' "Loading weights" bar (well under a second here) is left out of the console
         hf_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(torch), **common)
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common)
+        if converted is not None and common["gguf_file"]:
+            gguf_cache.save_conversion(self.model, self.tokenizer, converted)
         self.model.to(self.device).eval()
         context = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_model_len = min(cfg.max_model_len or context, context)
@@ -92,6 +99,17 @@ class TransformersEngine(TextGenerationEngine):
         sources = {a.adapter_id: a.source for a in self.config.lora_adapters}
         self._adapters = LoraAdapters(sources, self.config.max_loaded_adapters, self._batcher) if sources else None
         logger.info("loaded %s on %s (%s threads, context %d)", self.model_id, self.device, torch.get_num_threads(), self.max_model_len)
+
+    def _converted_copy(self, source: str, dtype: Any) -> Any:
+        """Where this GGUF model's de-quantized copy is cached (None: not a local GGUF file, or caching off)."""
+        from pathlib import Path
+
+        from servers.generation import gguf_cache
+
+        gguf = Path(source) / self.engine_config.gguf_file if self.engine_config.gguf_file else None
+        if gguf is None or not self.engine_config.gguf_cache or not gguf.is_file():
+            return None
+        return gguf_cache.cached_conversion(gguf, str(dtype).removeprefix("torch."))
 
     def _dtype(self, torch: Any) -> Any:
         name = self.engine_config.dtype
