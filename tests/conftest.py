@@ -178,7 +178,9 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metri
     port = free_port()
     ray.init(
         address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "RAY_worker_niceness": "0"}},
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "RAY_worker_niceness": "0",
+                                  # de-quantized GGUF copies (servers/generation/gguf_cache.py) stay in the session
+                                  "MODELHOST_MODEL_CACHE": str(tmp_path_factory.mktemp("model-cache"))}},
         _metrics_export_port=metrics_port,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
