@@ -88,7 +88,8 @@ def test_a_model_with_a_stream_in_flight_is_not_evicted_and_its_stream_completes
         server = MultiModelServer([entry("busy"), entry("idle"), entry("new")], pool(max_loaded=2))
         await ask(server, "idle")
         stream = asyncio.create_task(ask(server, "busy", "one two three four five six", stream=True, delay_s=0.1))
-        await asyncio.sleep(0.2)  # busy is loaded and streaming; idle is the least recently used anyway
+        while server.models["busy"].in_flight == 0:  # busy is loaded and streaming
+            await asyncio.sleep(0.01)
         await ask(server, "idle")  # now busy is the least recently used, but it has a request in flight
         await ask(server, "new")
         assert loaded(server) == {"busy", "new"}
@@ -124,7 +125,8 @@ def test_no_room_in_time_is_a_503_with_retry_after_naming_who_holds_the_memory()
     async def scenario() -> None:
         server = MultiModelServer([entry("busy"), entry("late")], pool(max_loaded=1, load_timeout_s=0.5, retry_after_s=7))
         stream = asyncio.create_task(ask(server, "busy", "a b c d e f g h", stream=True, delay_s=0.2))
-        await asyncio.sleep(0.1)
+        while server.models["busy"].in_flight == 0:
+            await asyncio.sleep(0.01)
         with pytest.raises(ModelNotReadyError) as err:
             await ask(server, "late")
         assert err.value.headers() == {"Retry-After": "7"}
@@ -162,7 +164,8 @@ def test_admin_unload_waits_for_requests_in_flight() -> None:
     async def scenario() -> None:
         server = MultiModelServer([entry("m")])
         stream = asyncio.create_task(ask(server, "m", "a b c", stream=True, delay_s=0.1))
-        await asyncio.sleep(0.05)
+        while server.models["m"].in_flight == 0:
+            await asyncio.sleep(0.01)
         state = await server.unload_model("m")
         assert state["status"] == "unloaded" and (await stream)[-1]["finish_reason"] == "stop"
         assert (await server.load_model("m"))["status"] == "ready"
