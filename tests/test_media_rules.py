@@ -168,6 +168,7 @@ def test_default_config_lists_the_demo_models_with_their_types() -> None:
     listed = [vllm_host._index_entry(m) for m in models]  # what the router's /v1/models is built from
     assert [(m["model_id"], m["type"]) for m in listed] == [
         ("smollm2-135m-instruct", "TRANSFORMERS"), ("whisper-tiny-en", "AUDIO"), ("ocr", "VISION"), ("video", "VIDEO"),
+        ("all-minilm-l6-v2", "EMBEDDING"),
     ]
     assert all(m["deployment_config"]["ray_actor_options"]["num_cpus"] <= 0.5 for m in listed)
     assert Path(models[1].model_loading_config.model_source, "model.bin").exists(), "run `make models`"
@@ -182,7 +183,8 @@ def test_engine_modules_import_no_heavy_library() -> None:
 
     heavy = ("torch", "av", "faster_whisper", "ctranslate2", "rapidocr_onnxruntime", "transformers", "PIL", "numpy", "onnxruntime")
     code = (
-        "import sys, servers.audio_engine, servers.vision_engine, servers.video_engine; "
+        "import sys, servers.audio_engine, servers.vision_engine, servers.video_engine, servers.embedding_engine, "
+        "serve.router.endpoints.embeddings; "
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
