@@ -79,3 +79,35 @@ class TranscriptionRequest(LenientPydantic):
     response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
     temperature: float | None = None
     timestamp_granularities: list[str] | None = Field(default=None, alias="timestamp_granularities[]")
+
+
+class EmbeddingRequest(LenientPydantic):
+    """``POST /v1/embeddings``: OpenAI's fields. ``input``: a string, strings, token ids or token-id lists."""
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, description="Fewer dimensions, on Matryoshka models only.")
+    user: str | None = None
+
+
+class RerankDocument(LenientPydantic):
+    text: str
+
+
+class RerankRequest(LenientPydantic):
+    """``POST /v1/rerank``: Jina's and Cohere's fields (vLLM serves the same)."""
+
+    model: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=0, description="Return the best n; unset or 0 = all.")
+    return_documents: bool = Field(default=True, description="Include each document's text in its result.")
+
+
+class ScoreRequest(LenientPydantic):
+    """``POST /v1/score``: vLLM's fields. Pairs are 1:1, 1:N (``text_1`` one text) or N:N."""
+
+    model: str = Field(min_length=1)
+    text_1: str | list[str]
+    text_2: str | list[str]

@@ -28,8 +28,10 @@ A complete engine, registered for ``type: ECHO`` in the YAML::
 
 ``infer`` serves ``POST /v1/infer``. An engine serves more endpoints by implementing their methods
 (``common.endpoints``): subclass ``TextGenerationEngine`` and implement ``generate`` for chat and
-completions, ``SpeechToTextEngine`` and ``transcribe`` for transcriptions. Which endpoints a model
-answers is read from these methods (``served_endpoints``), never from a list kept by hand.
+completions, ``SpeechToTextEngine`` and ``transcribe`` for transcriptions, ``EmbeddingModelEngine``
+and ``embed``/``score`` for embeddings, rerank and score. Which endpoints a model answers is read
+from these methods (``served_endpoints``), never from a list kept by hand; an engine whose
+configuration turns a method off (a cross-encoder has no embeddings) says so in ``unserved_methods``.
 
 Every method that serves a ``ModelCall`` is an async generator of chunk dicts. Text chunks carry a
 ``text`` delta; a non-streamed answer is the chunks merged (``common.chunks``), a streamed one is
@@ -46,6 +48,7 @@ from common.base_pydantic import BasePydantic
 from common.call import ModelCall
 from common.endpoints import ENDPOINTS
 from configs.audio_models import AudioParams
+from configs.embedding_models import EmbeddingParams
 from configs.llm_models import LLMParams
 
 if TYPE_CHECKING:
@@ -105,6 +108,11 @@ class BaseEngine(ABC):
         """Import the engine's heavy libraries (torch, ...) before a load is measured, so a pool's first
         model is not charged for the libraries every later model shares."""
 
+    @classmethod
+    def unserved_methods(cls, engine_config: BasePydantic) -> frozenset[str]:
+        """Methods this class implements that a model with ``engine_config`` cannot serve (default none)."""
+        return frozenset()
+
     def handler(self, endpoint: str) -> Any:
         """The bound method that serves ``endpoint`` (callers checked it is served)."""
         return getattr(self, ENDPOINTS[endpoint].engine_method)
@@ -143,6 +151,36 @@ class SpeechToTextEngine(BaseEngine):
         return self.transcribe(call)
 
 
-def served_endpoints(engine_cls: type[BaseEngine]) -> tuple[str, ...]:
-    """The API paths an engine class answers: those whose method it implements."""
-    return tuple(path for path, e in ENDPOINTS.items() if callable(getattr(engine_cls, e.engine_method, None)))
+class EmbeddingModelEngine(BaseEngine):
+    """Embeddings and relevance scores: ``embed`` serves ``/v1/embeddings``, ``score`` serves
+    ``/v1/rerank`` and ``/v1/score``; ``/v1/infer`` takes texts (embeddings) or ``{"text_1", "text_2"}``
+    (scores).
+
+    ``embed``: ``call.input`` is a list of texts or of token-id lists, ``call.params`` an
+    ``EmbeddingParams``; one chunk ``{"embeddings": [[float, ...], ...], "usage"}``. ``score``:
+    ``call.input`` is ``{"text_1": [...], "text_2": [...]}``, two lists of texts of one length (the
+    pairs); one chunk ``{"scores": [float, ...], "usage"}``, higher = more relevant.
+    """
+
+    params_model: ClassVar[type[BasePydantic]] = EmbeddingParams
+
+    @abstractmethod
+    def embed(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """One vector per input."""
+
+    @abstractmethod
+    def score(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """One relevance score per (text_1, text_2) pair."""
+
+    def infer(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        if isinstance(call.input, dict) and {"text_1", "text_2"} <= set(call.input):
+            return self.score(call)
+        return self.embed(call)
+
+
+def served_endpoints(engine_cls: type[BaseEngine], engine_config: BasePydantic | None = None) -> tuple[str, ...]:
+    """The API paths an engine class answers: those whose method it implements (and, given a model's
+    ``engine_config``, that this configuration does not turn off)."""
+    off = engine_cls.unserved_methods(engine_config) if engine_config is not None else frozenset()
+    return tuple(path for path, e in ENDPOINTS.items()
+                 if e.engine_method not in off and callable(getattr(engine_cls, e.engine_method, None)))

@@ -23,6 +23,7 @@ BUILTIN_ENGINE_MODULES: dict[str, str] = {
     "VISION": "servers.vision_engine",
     "VIDEO": "servers.video_engine",
     "VLLM": "servers.vllm_engine",
+    "EMBEDDING": "servers.embedding_engine",
 }
 
 

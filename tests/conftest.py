@@ -18,6 +18,7 @@ SMOLLM2_DIR = REPO_ROOT / "models" / "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHISPER_DIR = REPO_ROOT / "models" / "whisper-tiny-en"
 OCR_DIR = REPO_ROOT / "models" / "ocr"
+MINILM_DIR = REPO_ROOT / "models" / "all-minilm-l6-v2"
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 MEDIA_MAX_INPUT_BYTES = 2_000_000  # the media entries' limit in the integration app (413 above)
 
@@ -41,8 +42,8 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None = None,
-                         lora_dirs: dict[str, Path] | None = None) -> dict[str, Any]:
-    """The app every integration test talks to: a real LLM (with LoRA adapters), fake engines, a broken model."""
+                         lora_dirs: dict[str, Path] | None = None, cross_encoder: Path | None = None) -> dict[str, Any]:
+    """The app every integration test talks to: a real LLM (with LoRA adapters), embeddings, fake engines, a broken model."""
     echo = lambda model_id, deployment, **kwargs: {  # noqa: E731
         "model_loading_config": {"model_id": model_id, "model_source": "none", "type": "FAKE_ECHO"},
         "deployment_config": {"name": deployment, "ray_actor_options": {"num_cpus": 0.1}},
@@ -79,6 +80,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None 
             {**echo("echo-tight", "echo-tight"), "deployment_config": {
                 "name": "echo-tight", "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 1, "max_queued_requests": 1}},
             *media_entries(),
+            *embedding_entries(cross_encoder),
             *fake_vllm_entries(),
         ],
     }
@@ -126,6 +128,22 @@ def media_entries() -> list[dict[str, Any]]:
     ]
 
 
+def embedding_entries(cross_encoder: Path | None) -> list[dict[str, Any]]:
+    """Real all-MiniLM-L6-v2 (as the demo serves it) and a tiny random cross-encoder, in one replica."""
+    entries: list[dict[str, Any]] = [{
+        "model_loading_config": {"model_id": "all-minilm-l6-v2", "model_source": str(MINILM_DIR), "type": "EMBEDDING"},
+        "deployment_config": {"name": "embeddings", "ray_actor_options": {"num_cpus": 0.2}},
+        "engine_kwargs": {"num_threads": 2},
+    }]
+    if cross_encoder is not None:
+        entries.append({
+            "model_loading_config": {"model_id": "tiny-cross-encoder", "model_source": str(cross_encoder), "type": "EMBEDDING"},
+            "deployment_config": {"name": "embeddings"},
+            "engine_kwargs": {"mode": "cross_encoder", "truncate": False, "num_threads": 1},
+        })
+    return entries
+
+
 def fake_vllm_entries() -> list[dict[str, Any]]:
     """The real VLLMEngine over FakeAsyncLLM (tests/fake_vllm.py); needs vllm importable (CI has it)."""
     if importlib.util.find_spec("vllm") is None:
@@ -168,8 +186,15 @@ def deploy_app(args: dict[str, Any], name: str, route_prefix: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import build_tiny_cross_encoder
+
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))
+
+
+@pytest.fixture(scope="session")
 def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int,
-              direct_ports: dict[str, int]) -> Iterator[str]:
+              direct_ports: dict[str, int], tiny_cross_encoder_dir: Path) -> Iterator[str]:
     """Start Ray, deploy the integration app through ``vllm_host.build_app``, yield its base URL."""
     import ray
     from ray import serve
@@ -187,7 +212,8 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metri
     base_url = f"http://127.0.0.1:{port}"
     try:
         loras = smollm2_loras(tmp_path_factory.mktemp("loras"))
-        deploy_app(integration_app_args(smollm2_dir, broken, direct_ports["main"], loras), name="default", route_prefix="/")
+        deploy_app(integration_app_args(smollm2_dir, broken, direct_ports["main"], loras, tiny_cross_encoder_dir),
+                   name="default", route_prefix="/")
         wait_until(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200, timeout=120)
         yield base_url
     finally:

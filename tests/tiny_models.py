@@ -82,4 +82,27 @@ def build_lora(target: Path, base_config: Any, seed: int, rank: int = 4, scale: 
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank * 4, "lora_dropout": 0.0,
         "target_modules": list(outputs), "bias": "none", "base_model_name_or_path": None, "inference_mode": True,
     }))
+CROSS_ENCODER_WORDS = sorted({w for line in CORPUS for w in line.split()} | {"what", "where", "who", "a", "of"})
+
+
+def build_tiny_cross_encoder(target: Path) -> Path:
+    """A 2-layer BERT with one output label (a relevance logit) and a WordPiece vocabulary of the
+    corpus' words: the shape of a real reranker (e.g. ms-marco MiniLM cross-encoders), random weights."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    target.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = specials + letters + [f"##{c}" for c in letters] + CROSS_ENCODER_WORDS
+    (target / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast.from_pretrained(target, model_max_length=64)
+    tokenizer.save_pretrained(target)
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=64, num_labels=1, pad_token_id=0,
+    )
+    BertForSequenceClassification(config).save_pretrained(target)
     return target

@@ -22,7 +22,7 @@ from common.constants import ROUTER_DEPLOYMENT_NAME
 from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
 from serve.router.backends import ModelBackend
 from serve.router.replica_counts import ReplicaCounts, Replicas
-from servers.base_engine import Chunk, served_endpoints
+from servers.base_engine import BaseEngine, Chunk, served_endpoints
 from servers.registry import get_engine_class
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class ModelDirectory:
         self.scales_to_zero = {e.deployment for e in entries if _min_replicas(e) == 0}
         engines = {e.model_id: get_engine_class(e.type) for e in entries}
         self.handles = {
-            e.model_id: ModelHandle(e, served_endpoints(engines[e.model_id]), engines[e.model_id].params_model,
+            e.model_id: ModelHandle(e, _served(engines[e.model_id], e), engines[e.model_id].params_model,
                                     backends[e.deployment], self)
             for e in entries
         }
@@ -217,6 +217,12 @@ class ModelDirectory:
             **{k: v for k, v in live.items() if k not in ("model_id", "type", "status", "error", "load")},
             **({"replicas": replicas.as_dict()} if replicas is not None else {}),
         }
+
+
+def _served(engine_cls: type[BaseEngine], entry: ModelEntry) -> tuple[str, ...]:
+    """What the entry's model answers: its engine's methods, less those its ``engine_kwargs`` turn off
+    (validated when the config was loaded, so this cannot fail here)."""
+    return served_endpoints(engine_cls, engine_cls.config_model.model_validate(entry.engine_kwargs))
 
 
 def _min_replicas(entry: ModelEntry) -> int | None:
