@@ -23,6 +23,7 @@ TRANSCRIPTIONS = "/v1/audio/transcriptions"
 EMBEDDINGS = "/v1/embeddings"
 RERANK = "/v1/rerank"
 SCORE = "/v1/score"
+SPEECH = "/v1/audio/speech"
 
 ENDPOINTS: dict[str, Endpoint] = {
     e.path: e
@@ -34,5 +35,6 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint(EMBEDDINGS, "embed"),
         Endpoint(RERANK, "score"),
         Endpoint(SCORE, "score"),
+        Endpoint(SPEECH, "speak"),
     )
 }

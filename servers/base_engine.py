@@ -28,10 +28,11 @@ A complete engine, registered for ``type: ECHO`` in the YAML::
 
 ``infer`` serves ``POST /v1/infer``. An engine serves more endpoints by implementing their methods
 (``common.endpoints``): subclass ``TextGenerationEngine`` and implement ``generate`` for chat and
-completions, ``SpeechToTextEngine`` and ``transcribe`` for transcriptions, ``EmbeddingModelEngine``
-and ``embed``/``score`` for embeddings, rerank and score. Which endpoints a model answers is read
-from these methods (``served_endpoints``), never from a list kept by hand; an engine whose
-configuration turns a method off (a cross-encoder has no embeddings) says so in ``unserved_methods``.
+completions, ``SpeechToTextEngine`` and ``transcribe`` for transcriptions, ``TextToSpeechEngine``
+and ``speak`` for speech synthesis, ``EmbeddingModelEngine`` and ``embed``/``score`` for embeddings,
+rerank and score. Which endpoints a model answers is read from these methods (``served_endpoints``),
+never from a list kept by hand; an engine whose configuration turns a method off (a cross-encoder has
+no embeddings) says so in ``unserved_methods``.
 
 Every method that serves a ``ModelCall`` is an async generator of chunk dicts. Text chunks carry a
 ``text`` delta; a non-streamed answer is the chunks merged (``common.chunks``), a streamed one is
@@ -41,6 +42,7 @@ each chunk as an SSE event. Raise ``common.errors.InvalidRequestError`` (or anot
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
@@ -50,6 +52,7 @@ from common.endpoints import ENDPOINTS
 from configs.audio_models import AudioParams
 from configs.embedding_models import EmbeddingParams
 from configs.llm_models import LLMParams
+from configs.speech_models import SpeechParams
 
 if TYPE_CHECKING:
     from configs.server_models import MultiModelConfig
@@ -176,6 +179,26 @@ class EmbeddingModelEngine(BaseEngine):
         if isinstance(call.input, dict) and {"text_1", "text_2"} <= set(call.input):
             return self.score(call)
         return self.embed(call)
+
+
+class TextToSpeechEngine(BaseEngine):
+    """Speech synthesis: ``speak`` serves ``/v1/audio/speech`` and ``/v1/infer``.
+
+    ``call.input`` is the text, ``call.params`` a ``SpeechParams``. Chunks carry ``audio``: bytes of
+    the encoded answer (``params.response_format``). Unstreamed, one chunk holds the whole file;
+    streamed, each chunk continues the same byte stream (the first starts with the format's header).
+    The last chunk also has ``format``, ``sample_rate``, ``duration`` (seconds) and ``usage``.
+    ``/v1/infer`` answers JSON, so there ``audio`` is base64."""
+
+    params_model: ClassVar[type[BasePydantic]] = SpeechParams
+
+    @abstractmethod
+    def speak(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """Stream the encoded audio of a text."""
+
+    async def infer(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        async for chunk in self.speak(call):
+            yield {**chunk, "audio": base64.b64encode(chunk.get("audio") or b"").decode()}
 
 
 def served_endpoints(engine_cls: type[BaseEngine], engine_config: BasePydantic | None = None) -> tuple[str, ...]:

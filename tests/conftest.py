@@ -19,6 +19,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHISPER_DIR = REPO_ROOT / "models" / "whisper-tiny-en"
 OCR_DIR = REPO_ROOT / "models" / "ocr"
 MINILM_DIR = REPO_ROOT / "models" / "all-minilm-l6-v2"
+PIPER_DIR = REPO_ROOT / "models" / "piper-en-us"
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 MEDIA_MAX_INPUT_BYTES = 2_000_000  # the media entries' limit in the integration app (413 above)
 
@@ -125,6 +126,7 @@ def media_entries() -> list[dict[str, Any]]:
             vision={"backend": "rapidocr", "model_source": str(OCR_DIR), "num_threads": 2},
             audio={"backend": "faster_whisper", "model_source": str(WHISPER_DIR), "num_threads": 2},
         ),
+        tts_entry(),
     ]
 
 
@@ -142,6 +144,13 @@ def embedding_entries(cross_encoder: Path | None) -> list[dict[str, Any]]:
             "engine_kwargs": {"mode": "cross_encoder", "truncate": False, "num_threads": 1},
         })
     return entries
+def tts_entry() -> dict[str, Any]:
+    """Real Piper voice "joe" in the media replica; no noise, so the same text always gives the same samples."""
+    return {
+        "model_loading_config": {"model_id": "piper-en-us", "model_source": str(PIPER_DIR), "type": "TTS"},
+        "deployment_config": {"name": "media"},
+        "engine_kwargs": {"voices": {"joe": "en_US-joe-medium.onnx"}, "num_threads": 2, "noise_scale": 0, "noise_w_scale": 0},
+    }
 
 
 def fake_vllm_entries() -> list[dict[str, Any]]:

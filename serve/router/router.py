@@ -40,7 +40,7 @@ from serve.router.metrics import RequestRecord, RouterMetrics
 from serve.router.model_directory import ModelDirectory, ModelEntry, ModelHandle
 from serve.router.ray_proxy import ray_proxy_port
 from serve.router.replica_counts import ReplicaCounts, current_app_name
-from serve.router.streaming import collect, sse_response
+from serve.router.streaming import collect
 from servers.base_engine import Chunk
 from servers.registry import import_engine_modules
 
@@ -98,7 +98,7 @@ class MultiModelRouter:
         call = build_call(route, body, model, request.scope["state"]["request_id"], timeout)
         chunks = self._chunks(model, call)
         if call.stream:
-            return await sse_response(chunks, timeout, route.encoder(call, body))
+            return await route.stream_response(chunks, timeout, call, body)
         return route.render(await collect(chunks, timeout), call, body)
 
     async def _chunks(self, model: ModelHandle, call: ModelCall) -> AsyncIterator[Chunk]:

@@ -21,7 +21,7 @@ from configs.loader import format_validation_error
 from serve.router.model_directory import ModelHandle
 from serve.router.openapi import document_json_body
 from serve.router.request_body import parse_json_body
-from serve.router.streaming import EventEncoder
+from serve.router.streaming import Chunks, EventEncoder, sse_response
 
 
 class EndpointRoute(ABC):
@@ -49,6 +49,10 @@ class EndpointRoute(ABC):
     def encoder(self, call: ModelCall, body: Any) -> EventEncoder:
         """SSE events for a streamed call (families that cannot stream never set ``stream``)."""
         raise NotImplementedError
+
+    async def stream_response(self, chunks: Chunks, timeout: float, call: ModelCall, body: Any) -> Response:
+        """The answer to a streamed call: SSE events from ``encoder`` (a family streaming raw bytes overrides it)."""
+        return await sse_response(chunks, timeout, self.encoder(call, body))
 
     def openapi_body(self) -> dict[str, Any]:
         """The request body as ``/openapi.json`` documents it."""
