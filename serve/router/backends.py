@@ -7,12 +7,13 @@ hop, no serialization, which is what a light model on a small machine wants.
 ``call`` returns an async iterator of chunks; closing it (the client left, the deadline passed)
 cancels the request in the engine. A non-streamed call yields its answer as one merged chunk from
 a remote deployment, or the engine's chunks in process: the router merges either the same way.
-Errors arrive as exceptions, mapped once in ``serve.router.errors``.
+Errors arrive as exceptions, mapped once in ``serve.router.http_errors``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Protocol
 
 from common.call import ModelCall
@@ -63,6 +64,7 @@ class RemoteBackend:
             yield chunk
 
     async def _via_handle(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        _carry_request_id(call.request_id)
         response = self._stream.call.remote(call)
         try:
             async for batch in response:
@@ -76,6 +78,16 @@ class RemoteBackend:
 
     def get_config(self) -> Any:
         return self._handle.get_config.remote()
+
+
+def _carry_request_id(request_id: str) -> None:
+    """Ray Serve names a handle call, and the model replica's log lines for it, after the id in its request
+    context: make that the router's id (the client's ``x-request-id``), as it already is behind Ray's proxy."""
+    from ray.serve import context
+
+    current = context._get_serve_request_context()
+    if current.request_id != request_id:
+        context._serve_request_context.set(dataclasses.replace(current, request_id=request_id))
 
 
 def _checked(batch: list[Chunk]) -> Iterator[Chunk]:
