@@ -7,17 +7,19 @@ hop, no serialization, which is what a light model on a small machine wants.
 ``call`` returns an async iterator of chunks; closing it (the client left, the deadline passed)
 cancels the request in the engine. A non-streamed call yields its answer as one merged chunk from
 a remote deployment, or the engine's chunks in process: the router merges either the same way.
-Errors arrive as exceptions, mapped once in ``serve.router.http_errors``.
+Errors arrive as exceptions, mapped once in ``serve.router.http_errors``; a replica that dies mid-call is a
+``ModelNotReadyError`` (503, or a stream's final error event), never a stream that silently stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Protocol
 
 from common.call import ModelCall
-from common.errors import error_from_dict
+from common.errors import ModelNotReadyError, error_from_dict
 from serve.channel.client import ChannelClient, ChannelUnavailable
 from serve.deployments.model_host import replica_info
 from serve.deployments.multi_model_server import MultiModelServer
@@ -56,9 +58,13 @@ class RemoteBackend:
                     for batch in ([first] if first is not None else []):
                         for chunk in _checked(batch):
                             yield chunk
-                    async for batch in batches:
-                        for chunk in _checked(batch):
-                            yield chunk
+                    try:
+                        async for batch in batches:
+                            for chunk in _checked(batch):
+                                yield chunk
+                    except (asyncio.IncompleteReadError, OSError):
+                        # the replica died after it answered: too late to send the call elsewhere
+                        raise _replica_lost(call) from None
                 return
         async for chunk in self._via_handle(call):
             yield chunk
@@ -78,6 +84,11 @@ class RemoteBackend:
 
     def get_config(self) -> Any:
         return self._handle.get_config.remote()
+
+
+def _replica_lost(call: ModelCall) -> ModelNotReadyError:
+    """What a client gets (HTTP 503, or a stream's final error event) when the replica serving its call died."""
+    return ModelNotReadyError(f"model '{call.model_id}': its replica stopped during the request; retry")
 
 
 def _carry_request_id(request_id: str) -> None:

@@ -1,12 +1,14 @@
 """Turning a deployment's chunk stream into an HTTP answer: one merged JSON, or SSE events.
 
 Both paths enforce the request's deadline (504) and close the stream on exit, which cancels the
-request in the deployment when the client goes away or time runs out.
+request in the deployment when the client goes away or time runs out. A stream that cannot finish
+ends with an error event and ``[DONE]``, whatever went wrong.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, AsyncIterator, Protocol
 
@@ -15,6 +17,8 @@ from fastapi.responses import StreamingResponse
 from common.chunks import ChunkMerger
 from common.errors import RequestTimeoutError, ServingError
 from common.sse import SSE_DONE, sse_event
+
+logger = logging.getLogger(__name__)
 
 Chunks = AsyncIterator[dict[str, Any]]
 
@@ -70,6 +74,9 @@ async def sse_response(chunks: Chunks, timeout: float, encoder: EventEncoder) ->
             yield sse_event({"error": err.to_dict()})
         except TimeoutError:
             yield sse_event({"error": RequestTimeoutError(f"request did not finish within {timeout:g}s").to_dict()})
+        except Exception as exc:  # noqa: BLE001 - a stream never ends without its final event
+            logger.error("stream failed after it started", exc_info=exc)
+            yield sse_event({"error": {"type": "internal_error", "message": "internal error", "param": None, "code": None}})
         finally:
             await chunks.aclose()
         yield SSE_DONE
