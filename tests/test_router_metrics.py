@@ -20,12 +20,12 @@ class RecordingMetric:
     def inc(self, amount: float, tags: dict[str, str]) -> None:
         self.calls.append((amount, tags))
 
-    observe = inc
+    observe = set = inc
 
 
 def recording_metrics(log_requests: str | bool) -> RouterMetrics:
     metrics = RouterMetrics(log_requests)
-    for name in ("requests", "latency", "first_chunk", "output_tokens", "rejected", "errors"):
+    for name in ("requests", "latency", "first_chunk", "output_tokens", "rejected", "errors", "ongoing"):
         setattr(metrics, name, RecordingMetric())
     return metrics
 
@@ -105,3 +105,20 @@ def test_errors_are_counted_by_type_and_unknown_models_only_logged(caplog: pytes
     assert metrics.errors.calls == [(1, {"model": "echo", "endpoint": "/v1/infer", "error_type": "model_not_ready"})]
     messages = [r.getMessage() for r in caplog.records]
     assert "error_type=model_not_ready" in messages[0] and "model=- " in messages[1] and "status=404" in messages[1]
+
+
+def test_requests_in_flight_per_model_reach_the_gauge_at_the_flush() -> None:
+    async def scenario() -> RecordingMetric:
+        metrics = recording_metrics(log_requests=False)
+        for delta in (1, 1, -1):
+            metrics.in_flight("echo", delta)
+        metrics.in_flight("chat", 1)
+        assert metrics.ongoing.calls == []  # not yet: set at the flush
+        metrics.flush()
+        assert sorted(metrics.ongoing.calls, key=lambda c: c[1]["model"]) == [(1, {"model": "chat"}), (1, {"model": "echo"})]
+        metrics.in_flight("echo", -1)
+        metrics.flush()
+        return metrics.ongoing
+
+    ongoing = asyncio.run(scenario())
+    assert ongoing.calls[-1] == (0, {"model": "echo"}) and len(ongoing.calls) == 3  # only the model that changed

@@ -25,7 +25,7 @@ class RouterMetrics:
     """Created once per router replica; ``ray.serve.metrics`` adds deployment/replica tags itself."""
 
     def __init__(self, log_requests: str | bool = "text") -> None:
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Counter, Gauge, Histogram
 
         tags = ("model", "endpoint", "status")
         self.log_requests = log_requests
@@ -40,12 +40,27 @@ class RouterMetrics:
         self.errors = Counter("modelhost_request_errors_total", description="Failed model requests by error type "
                               "(the error contract's type; cancelled = client gone or deadline passed).",
                               tag_keys=("model", "endpoint", "error_type"))
+        # requests between the router and their model, whichever way they cross (local channel or Ray's
+        # handle: Ray's own ongoing-request gauges count only the handle's)
+        self.ongoing = Gauge("modelhost_ongoing_requests", description="Model requests in flight at this router replica.",
+                             tag_keys=("model",))
         self._pending: dict[tuple[Any, tuple[tuple[str, str], ...]], int] = collections.defaultdict(int)
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._in_flight_changed: set[str] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
 
     def count(self, counter: Any, amount: int, tags: dict[str, str]) -> None:
         """Add to ``counter`` at the next flush (within ``FLUSH_INTERVAL_S``)."""
         self._pending[(counter, tuple(tags.items()))] += amount
+        self._flush_soon()
+
+    def in_flight(self, model: str, delta: int) -> None:
+        """One more (1) or one fewer (-1) request of ``model`` in flight; the gauge follows at the next flush."""
+        self._in_flight[model] += delta
+        self._in_flight_changed.add(model)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._flush_handle is None:
             try:
                 self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_INTERVAL_S, self.flush)
@@ -60,6 +75,9 @@ class RouterMetrics:
         pending, self._pending = self._pending, collections.defaultdict(int)
         for (counter, tags), amount in pending.items():
             counter.inc(amount, tags=dict(tags))
+        changed, self._in_flight_changed = self._in_flight_changed, set()
+        for model in changed:
+            self.ongoing.set(self._in_flight[model], tags={"model": model})
 
 
 @dataclass

@@ -104,6 +104,7 @@ class MultiModelRouter:
     async def _chunks(self, record: RequestRecord, model: ModelHandle, call: ModelCall) -> AsyncIterator[Chunk]:
         """The model's chunks, metered; Ray's failures become the error contract's errors. Closing this
         generator (client gone, deadline passed) cancels the call in the engine."""
+        self.metrics.in_flight(call.model_id, 1)
         try:
             async with contextlib.aclosing(model.call(call)) as chunks:
                 async for chunk in chunks:
@@ -121,6 +122,7 @@ class MultiModelRouter:
                 raise error from None
             raise
         finally:
+            self.metrics.in_flight(call.model_id, -1)
             record.report(self.metrics)
 
     # -- status -------------------------------------------------------------------------------
