@@ -5,6 +5,7 @@
     python -m bench --quick                        # smoke test: tiny request counts, 1 repeat
     python -m bench --profile default              # how the platform is started (bench/profiles.py)
     python -m bench --summary-only                 # rebuild summary.md/png from the results present
+    python -m bench soak [--quick]                 # the soak and fault run (bench/soak/): 10 min, or 60 s
 
 Every figure is also reported as a ratio against its baseline, measured in the same run. Load goes to
 loopback only and is bounded; run it on a machine that is otherwise quiet.
@@ -64,6 +65,11 @@ def run_section(name: str, settings: RunSettings, out_dir: Path) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # not a section: no baselines, no ratios; its own report (bench/soak/)
+        from bench.soak.run import main as soak_main
+
+        return soak_main(argv[1:])
     args = parse_args(argv)
     if args.summary_only:
         return 0 if write_summary(args.out) else 1

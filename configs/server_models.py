@@ -129,10 +129,27 @@ class RouterConfig(BasePydantic):
     )
     max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
     num_replicas: int = Field(default=1, ge=1)
-    log_requests: bool = Field(
-        default=False, description="One INFO line per request from the router; failed (5xx) requests are logged either way."
+    log_requests: Literal[False, "text", "json"] = Field(
+        default=False,
+        description="One INFO line per request from the router: false (off; failed (5xx) requests are logged either "
+        "way), text (true means text), or json (every replica's Serve log as JSON, the request's fields as keys).",
     )
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+
+    @field_validator("log_requests", mode="before")
+    @classmethod
+    def _log_mode(cls, value: Any) -> Any:
+        """``true``/``false`` as before (YAML booleans or an env var's string), or a mode's name."""
+        text = str(value).strip().lower()
+        if value is True or text in LOG_TEXT_WORDS:
+            return "text"
+        if value is False or value is None or text in LOG_OFF_WORDS:
+            return False
+        return text if text == "json" else value  # anything else fails as not one of the modes
+
+
+LOG_TEXT_WORDS = ("true", "1", "yes", "on", "text")
+LOG_OFF_WORDS = ("false", "0", "no", "off", "")
 
 
 class AppArgs(BasePydantic):

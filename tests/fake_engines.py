@@ -24,6 +24,8 @@ class FakeEchoKwargs(BasePydantic):
     fail_on_start: bool = False
     prefix: str = ""
     hold_bytes: int = Field(default=0, ge=0, description="RAM the fake engine holds while loaded (for pool tests).")
+    token_delay_s: float = Field(default=0.0, ge=0, description="FAKE_CHAT: seconds per word when a request sets no delay_s "
+                                 "(OpenAI routes pass no such param), so its streams surely stay in flight.")
 
 
 class FakeEchoParams(BasePydantic):
@@ -110,9 +112,10 @@ class FakeChatEngine(TextGenerationEngine):
         self.calls[call.endpoint] = [type(call).__qualname__, type(call.params).__qualname__]
         text = call.input[-1]["content"] if isinstance(call.input, list) else str(call.input)
         words = text.split(" ")[: call.params.max_tokens]
+        delay_s = call.params.delay_s or self.engine_config.token_delay_s
         for i, word in enumerate(words):
-            if call.params.delay_s:
-                await asyncio.sleep(call.params.delay_s)
+            if delay_s:
+                await asyncio.sleep(delay_s)
             yield {"text": word if i == 0 else " " + word, "finish_reason": None}
         usage = {"prompt_tokens": len(text.split(" ")), "completion_tokens": len(words), "total_tokens": len(text.split(" ")) + len(words)}
         yield {"text": "", "finish_reason": "stop", "usage": usage}

@@ -239,3 +239,21 @@ def test_adapters_need_an_engine_that_loads_them(tmp_path: Path) -> None:
     adapters = [{"adapter_id": "x", "source": str(tmp_path)}]
     message = load_error(write_config(tmp_path, [entry("ocr", "VISION", lora_adapters=adapters)]))
     assert "llm_configs[0] (model_id 'ocr'): lora_adapters: engine VISION does not load LoRA adapters" in message
+@pytest.mark.parametrize(("yaml_value", "env_value", "mode"), [
+    (True, None, "text"), (False, None, False), ("json", None, "json"), (None, "json", "json"), (True, "false", False),
+])
+def test_log_requests_takes_a_mode_and_keeps_true_and_false(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yaml_value: object, env_value: str | None, mode: object) -> None:
+    import vllm_host
+
+    router_config = {} if yaml_value is None else {"log_requests": yaml_value}
+    path = write_config(tmp_path, [entry("picked")], router_config=router_config)
+    if env_value is not None:
+        monkeypatch.setenv("MODELHOST_LOG_REQUESTS", env_value)
+    loaded = load_app_config({"config_path": str(path)}, default_path="nope.yaml")
+    assert loaded.router.log_requests == mode
+    encoding = vllm_host.deployment_options(loaded.models, loaded.router.log_requests)["logging_config"].get("encoding")
+    assert encoding == ("JSON" if mode == "json" else None)  # every replica's Serve log is JSON in json mode
+    monkeypatch.setenv("MODELHOST_LOG_REQUESTS", "xml")
+    with pytest.raises(ConfigError, match=r"router_config.log_requests: .*MODELHOST_LOG_REQUESTS"):
+        load_app_config({"config_path": str(path)}, default_path="nope.yaml")

@@ -121,7 +121,9 @@ def error_chunk(exc: Exception, call: ModelCall) -> Chunk:
     """The chunk that carries a failure across the Ray hop (rebuilt by ``common.errors.error_from_dict``)."""
     if isinstance(exc, ServingError):
         return {"error": exc.to_dict(), "status_code": exc.status_code}
-    logger.error("request %s for model '%s' failed", call.request_id, call.model_id, exc_info=exc)
+    # the router's request id, also a key of the line under Ray's JSON log encoding (log_requests: json)
+    logger.error("request %s for model '%s' failed", call.request_id, call.model_id, exc_info=exc,
+                 extra={"request_id": call.request_id, "model": call.model_id, "error_type": "internal_error"})
     return {
         "error": {"type": "internal_error", "message": f"internal error (request id {call.request_id})", "param": None},
         "status_code": 500,

@@ -7,16 +7,19 @@ hop, no serialization, which is what a light model on a small machine wants.
 ``call`` returns an async iterator of chunks; closing it (the client left, the deadline passed)
 cancels the request in the engine. A non-streamed call yields its answer as one merged chunk from
 a remote deployment, or the engine's chunks in process: the router merges either the same way.
-Errors arrive as exceptions, mapped once in ``serve.router.errors``.
+Errors arrive as exceptions, mapped once in ``serve.router.http_errors``; a replica that dies mid-call is a
+``ModelNotReadyError`` (503, or a stream's final error event), never a stream that silently stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Protocol
 
 from common.call import ModelCall
-from common.errors import error_from_dict
+from common.errors import ModelNotReadyError, error_from_dict
 from serve.channel.client import ChannelClient, ChannelUnavailable
 from serve.deployments.model_host import replica_info
 from serve.deployments.multi_model_server import MultiModelServer
@@ -59,9 +62,13 @@ class RemoteBackend:
                     for batch in ([first] if first is not None else []):
                         for chunk in _checked(batch):
                             yield chunk
-                    async for batch in batches:
-                        for chunk in _checked(batch):
-                            yield chunk
+                    try:
+                        async for batch in batches:
+                            for chunk in _checked(batch):
+                                yield chunk
+                    except (asyncio.IncompleteReadError, OSError):
+                        # the replica died after it answered: too late to send the call elsewhere
+                        raise _replica_lost(call) from None
                 return
         async for chunk in self._via_handle(call):
             yield chunk
@@ -75,6 +82,7 @@ class RemoteBackend:
         return stream
 
     async def _via_handle(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        _carry_request_id(call.request_id)
         response = self._stream_for(call.model_id).call.remote(call)
         try:
             async for batch in response:
@@ -93,6 +101,21 @@ class RemoteBackend:
         """``load_model`` / ``unload_model`` on a replica (the one holding the model, when multiplexed)."""
         handle = self._handle.options(multiplexed_model_id=model_id) if self._per_model is not None else self._handle
         return getattr(handle, method).remote(model_id)
+
+
+def _replica_lost(call: ModelCall) -> ModelNotReadyError:
+    """What a client gets (HTTP 503, or a stream's final error event) when the replica serving its call died."""
+    return ModelNotReadyError(f"model '{call.model_id}': its replica stopped during the request; retry")
+
+
+def _carry_request_id(request_id: str) -> None:
+    """Ray Serve names a handle call, and the model replica's log lines for it, after the id in its request
+    context: make that the router's id (the client's ``x-request-id``), as it already is behind Ray's proxy."""
+    from ray.serve import context
+
+    current = context._get_serve_request_context()
+    if current.request_id != request_id:
+        context._serve_request_context.set(dataclasses.replace(current, request_id=request_id))
 
 
 def _checked(batch: list[Chunk]) -> Iterator[Chunk]:

@@ -22,7 +22,7 @@ from ray import serve
 
 from common.call import ModelCall
 from common.constants import ROUTER_DEPLOYMENT_NAME
-from common.errors import OverloadedError
+from common.errors import OverloadedError, ServingError
 from common.logs import use_serve_log_handlers
 from configs.server_models import RouterConfig
 from serve.channel import channel_allowed
@@ -92,19 +92,26 @@ class MultiModelRouter:
     # -- the request path ---------------------------------------------------------------------
     async def serve_route(self, route: EndpointRoute, request: Request) -> Response:
         """Every POST endpoint's one handler: body -> model -> ModelCall -> chunks -> answer."""
-        body = await route.parse(request)
-        model = self.directory.resolve(route.model_id(body), route.path, route.model_param)
-        timeout = model.entry.request_timeout_s or self.config.request_timeout_s
-        call = build_call(route, body, model, request.scope["state"]["request_id"], timeout)
-        chunks = self._chunks(model, call)
+        record = RequestRecord(request.scope["state"]["request_id"], None, route.path)
+        try:
+            body = await route.parse(request)
+            model = self.directory.resolve(route.model_id(body), route.path, route.model_param)
+            timeout = model.entry.request_timeout_s or self.config.request_timeout_s
+            call = build_call(route, body, model, record.request_id, timeout)
+        except ServingError as err:  # refused before any model ran: logged, not counted (no model label)
+            record.failed(err.status_code, err.error_type)
+            record.report(self.metrics)
+            raise
+        record.model, record.streamed = call.model_id, call.stream
+        chunks = self._chunks(record, model, call)
         if call.stream:
             return await route.stream_response(chunks, timeout, call, body)
         return route.render(await collect(chunks, timeout), call, body)
 
-    async def _chunks(self, model: ModelHandle, call: ModelCall) -> AsyncIterator[Chunk]:
+    async def _chunks(self, record: RequestRecord, model: ModelHandle, call: ModelCall) -> AsyncIterator[Chunk]:
         """The model's chunks, metered; Ray's failures become the error contract's errors. Closing this
         generator (client gone, deadline passed) cancels the call in the engine."""
-        record = RequestRecord(call.request_id, call.model_id, call.endpoint, streamed=call.stream)
+        self.metrics.in_flight(call.model_id, 1)
         try:
             async with contextlib.aclosing(model.call(call)) as chunks:
                 async for chunk in chunks:
@@ -113,12 +120,16 @@ class MultiModelRouter:
         except BaseException as exc:
             error = as_serving_error(exc, call.model_id)
             # 499: the client went away, or the deadline passed (the generator was closed or cancelled)
-            record.status = error.status_code if error else 500 if isinstance(exc, Exception) else 499
+            if error is not None:
+                record.failed(error.status_code, error.error_type)
+            else:
+                record.failed(*((500, "internal_error") if isinstance(exc, Exception) else (499, "cancelled")))
             record.rejected = isinstance(error, OverloadedError)
             if error is not None and error is not exc:
                 raise error from None
             raise
         finally:
+            self.metrics.in_flight(call.model_id, -1)
             record.report(self.metrics)
 
     # -- status -------------------------------------------------------------------------------

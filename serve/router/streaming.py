@@ -1,7 +1,8 @@
 """Turning a deployment's chunk stream into an HTTP answer: one merged JSON, or SSE events.
 
 Both paths enforce the request's deadline (504) and close the stream on exit, which cancels the
-request in the deployment when the client goes away or time runs out.
+request in the deployment when the client goes away or time runs out. A stream that cannot finish
+ends with an error event and ``[DONE]``, whatever went wrong.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ async def sse_response(chunks: Chunks, timeout: float, encoder: EventEncoder, do
             yield sse_event({"error": err.to_dict()})
         except TimeoutError:
             yield sse_event({"error": RequestTimeoutError(f"request did not finish within {timeout:g}s").to_dict()})
+        except Exception as exc:  # noqa: BLE001 - a stream never ends without its final event
+            logger.error("stream failed after it started", exc_info=exc)
+            yield sse_event({"error": {"type": "internal_error", "message": "internal error", "param": None, "code": None}})
         finally:
             await chunks.aclose()
         if done is not None:
