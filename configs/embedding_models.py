@@ -37,6 +37,9 @@ class EmbeddingEngineConfig(BasePydantic):
         default=None, description="Sizes `dimensions` may ask for (a Matryoshka-trained model); unset = the "
                                   "model's config.json `matryoshka_dimensions`/`is_matryoshka`, else only the full size.")
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="Texts (or pairs) per forward pass, across requests.")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="After a pass, how long to wait for the requests it answered to come "
+                                                "back before running a smaller pass; a lone request never waits.")
     max_inputs: int = Field(default=2048, ge=1, description="Texts (or documents) one request may send.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto = float32 on CPU, float16 on CUDA.")

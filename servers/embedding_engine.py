@@ -54,8 +54,9 @@ class EmbeddingEngine(EmbeddingModelEngine):
         from servers.embedding.batcher import RequestBatcher
 
         self.model = await run_blocking(self._executor, self._load)
-        self._batcher = RequestBatcher(self._executor, self.model.run, self.engine_config.max_batch_size,
-                                       size=lambda f: len(f.input_ids))
+        cfg = self.engine_config
+        self._batcher = RequestBatcher(self._executor, self.model.run, cfg.max_batch_size,
+                                       size=lambda f: len(f.input_ids), wait_s=cfg.batch_wait_ms / 1000)
 
     def _load(self) -> Any:
         from transformers.utils import logging as hf_logging

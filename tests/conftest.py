@@ -135,7 +135,7 @@ def embedding_entries(cross_encoder: Path | None) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = [{
         "model_loading_config": {"model_id": "all-minilm-l6-v2", "model_source": str(MINILM_DIR), "type": "EMBEDDING"},
         "deployment_config": {"name": "embeddings", "ray_actor_options": {"num_cpus": 0.2}},
-        "engine_kwargs": {"num_threads": 2},
+        "engine_kwargs": {"num_threads": 1},
     }]
     if cross_encoder is not None:
         entries.append({

@@ -50,7 +50,7 @@ def run(engine: BaseEngine, endpoint: str, value: Any, **params: Any) -> dict[st
 def minilm() -> BaseEngine:
     if not (MINILM_DIR / "model.safetensors").exists():
         pytest.fail("all-MiniLM-L6-v2 files missing: run `make models`")
-    return start_engine(MINILM_DIR, num_threads=2, max_batch_size=8)
+    return start_engine(MINILM_DIR, num_threads=1, max_batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,44 @@ def test_pooling_ignores_padding_whichever_side_it_is_on() -> None:
     assert pool(hidden, right, "lasttoken")[0].tolist() == [2.0, 3.0]
     assert pool(hidden, left, "lasttoken")[0].tolist() == [4.0, 5.0]
     assert pool(hidden, right, "mean_sqrt_len_tokens")[0].tolist() == pytest.approx([2 / math.sqrt(2), 4 / math.sqrt(2)])
+
+
+# -- batching across requests -----------------------------------------------------------------------
+def batch_sizes(clients: int, rounds: int, wait_s: float, pause_s: float) -> tuple[list[int], list[list[str]]]:
+    """Closed-loop clients through a RequestBatcher over a model that echoes; the sizes of its passes."""
+    from servers.embedding.batcher import RequestBatcher
+    from servers.model_thread import model_executor
+
+    sizes: list[int] = []
+
+    def run_batch(items: list[str]) -> list[str]:
+        sizes.append(len(items))
+        return [f"out:{item}" for item in items]
+
+    async def scenario() -> list[list[str]]:
+        batcher = RequestBatcher(model_executor("test"), run_batch, max_batch=8, wait_s=wait_s)
+
+        async def client(n: int) -> list[str]:
+            answers = []
+            for r in range(rounds):
+                answers += await batcher.run([f"{n}.{r}"])
+                await asyncio.sleep(pause_s)  # the client's next request takes a moment to come back
+            return answers
+
+        return await asyncio.gather(*(client(n) for n in range(clients)))
+
+    return sizes, asyncio.run(scenario())
+
+
+def test_after_a_pass_the_batcher_waits_for_the_clients_it_answered() -> None:
+    sizes, answers = batch_sizes(clients=4, rounds=3, wait_s=1.0, pause_s=0.01)
+    assert sizes == [4, 4, 4]
+    assert answers == [[f"out:{n}.{r}" for r in range(3)] for n in range(4)]
+
+
+def test_a_lone_client_runs_passes_of_one() -> None:
+    sizes, answers = batch_sizes(clients=1, rounds=3, wait_s=0.0, pause_s=0.0)
+    assert sizes == [1, 1, 1] and answers == [["out:0.0", "out:0.1", "out:0.2"]]
 
 
 # -- what it serves ------------------------------------------------------------------------------

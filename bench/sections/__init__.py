@@ -16,6 +16,7 @@ SECTIONS: dict[str, str] = {
     "media": "bench.sections.media",
     "coldstart": "bench.sections.coldstart",
     "swap": "bench.sections.swap",
+    "embeddings": "bench.sections.embeddings",
 }
 
 

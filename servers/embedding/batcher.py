@@ -2,10 +2,13 @@
 
 Requests put their inputs in one queue; a single worker task takes up to ``max_batch`` of them
 (from any number of requests), runs them as one batch on the model's thread, and hands each
-request its results. While a batch runs, new requests queue, so under load every pass is full and
-a lone request never waits for company: there is no batching delay. A request's own inputs are
-queued longest first, so a long list is cut into batches of similar lengths (less padding), as
-sentence-transformers' ``encode`` does. A request that goes away drops its inputs not yet run.
+request its results. While a batch runs, new requests queue, so under load every pass is full.
+A lone request never waits for company. Only right after a pass, while fewer inputs are queued
+than that pass took, the worker waits up to ``wait_s`` for the rest: the clients it just answered
+are sending their next requests, and without the wait a pass of one would run before a pass of
+the others. A request's own inputs are queued longest first, so a long list is cut into batches of
+similar lengths (less padding), as sentence-transformers' ``encode`` does. A request that goes away
+drops its inputs not yet run.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ class _Job(Generic[In, Out]):
 
 class RequestBatcher(Generic[In, Out]):
     def __init__(self, executor: Executor, run_batch: Callable[[list[In]], list[Out]], max_batch: int,
-                 size: Callable[[In], int] = lambda _: 0) -> None:
+                 size: Callable[[In], int] = lambda _: 0, wait_s: float = 0.0) -> None:
         self._executor = executor
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._size = size  # orders a request's inputs, longest first
+        self._wait_s = wait_s
         self._queue: collections.deque[tuple[_Job[In, Out], int]] = collections.deque()
+        self._arrived: asyncio.Event | None = None  # the worker's own: set when inputs are queued
         self._worker: asyncio.Task[None] | None = None
         self.batches = 0
         self.inputs = 0
@@ -49,6 +54,8 @@ class RequestBatcher(Generic[In, Out]):
         job: _Job[In, Out] = _Job(inputs, asyncio.get_running_loop().create_future(), [None] * len(inputs), len(inputs))
         order = sorted(range(len(inputs)), key=lambda i: -self._size(inputs[i]))
         self._queue.extend((job, i) for i in order)
+        if self._arrived is not None:
+            self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         return await job.future  # cancelled with the request: the worker skips what is left of it
@@ -57,10 +64,30 @@ class RequestBatcher(Generic[In, Out]):
         return {"waiting_inputs": len(self._queue), "batches": self.batches, "inputs": self.inputs}
 
     async def _drain(self) -> None:
-        while self._queue:
+        last = 0  # inputs the previous pass took
+        self._arrived = asyncio.Event()  # made here: an event belongs to the loop the worker runs on
+        while True:
+            await self._refill(min(last, self._max_batch))
             batch = self._take()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                return
+            await self._run(batch)
+            last = len(batch)
+
+    async def _refill(self, target: int) -> None:
+        """Wait (at most ``wait_s``) until ``target`` inputs are queued."""
+        deadline = asyncio.get_running_loop().time() + self._wait_s
+        while len(self._queue) < target:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            arrived = self._arrived
+            assert arrived is not None
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), remaining)
+            except TimeoutError:
+                return
 
     def _take(self) -> list[tuple[_Job[In, Out], int]]:
         batch: list[tuple[_Job[In, Out], int]] = []
