@@ -116,6 +116,11 @@ class BaseEngine(ABC):
         """Methods this class implements that a model with ``engine_config`` cannot serve (default none)."""
         return frozenset()
 
+    def memory_bytes(self) -> int | None:
+        """RAM the loaded model's own data takes, when the engine can count it (its tensors); None lets a
+        pool use the RSS growth it measured around the load instead."""
+        return None
+
     def handler(self, endpoint: str) -> Any:
         """The bound method that serves ``endpoint`` (callers checked it is served)."""
         return getattr(self, ENDPOINTS[endpoint].engine_method)

@@ -223,6 +223,13 @@ class TransformersEngine(TextGenerationEngine):
             return {}
         return {**self._batcher.stats(), **(self._adapters.stats() if self._adapters is not None else {})}
 
+    def memory_bytes(self) -> int | None:
+        """The weights and buffers in RAM (on a GPU the pool measures CUDA memory instead)."""
+        if self.model is None or self.device != "cpu":
+            return None
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
     def load_adapter(self, adapter: str) -> Any:
         """LoRA adapters are loaded per request (``call.adapter``); see ``servers.generation.lora``."""
         return self._adapters.use(adapter)

@@ -29,6 +29,7 @@ class ModelSlot:
     sleeping: bool = False  # a vLLM engine put to sleep instead of stopped (woken by the next request)
     load_seconds: float | None = None
     measured: Memory | None = None
+    rss_delta: int | None = None  # how much the replica's RSS grew during the last load
     last_used: float | None = None  # wall clock, for people; LRU order uses ``used_at``
     used_at: float = 0.0
     in_flight: int = 0
@@ -93,6 +94,7 @@ class ModelSlot:
                 "measured_bytes": self.measured.rss if self.measured is not None else None,
                 "measured_gpu_bytes": list(self.measured.gpu) if self.measured is not None else [],
                 "estimated_bytes": self.estimate_bytes,
+                "rss_delta_bytes": self.rss_delta,
             },
             "last_used": self.last_used,
             "in_flight": self.in_flight,

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 from common.call import ModelCall
 from common.chunks import heartbeat_chunk
 from common.errors import ConflictError, ModelNotReadyError, NotFoundError
-from common.footprint import process_memory, release_freed_memory
+from common.footprint import Memory, process_memory, release_freed_memory
 from configs.pool_models import PoolConfig
 from configs.server_models import MultiModelConfig
 from serve.deployments import model_pool
@@ -160,7 +160,11 @@ class MultiModelServer:
                 await asyncio.to_thread(engine_cls.import_libraries)
                 before = process_memory()
                 await engine.start()
-                slot.engine, slot.measured = engine, process_memory().minus(before)
+                delta = process_memory().minus(before)
+                # an engine that knows its tensors' size says it: a process's first load also grows its RSS
+                # by one-time costs (lazily imported modules, allocator arenas) that are not the model's
+                own = engine.memory_bytes()
+                slot.engine, slot.measured, slot.rss_delta = engine, Memory(own if own is not None else delta.rss, delta.gpu), delta.rss
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, not raised
             slot.engine = None
             slot.set_status(FAILED, f"{type(exc).__name__}: {exc}")
