@@ -124,7 +124,7 @@ def test_keep_alive_zero_unloads_after_each_request() -> None:
 def test_no_room_in_time_is_a_503_with_retry_after_naming_who_holds_the_memory() -> None:
     async def scenario() -> None:
         server = MultiModelServer([entry("busy"), entry("late")], pool(max_loaded=1, load_timeout_s=0.5, retry_after_s=7))
-        stream = asyncio.create_task(ask(server, "busy", "a b c d e f g h", stream=True, delay_s=0.2))
+        stream = asyncio.create_task(ask(server, "busy", "a b c d e f g h", stream=True, delay_s=0.5))
         while server.models["busy"].in_flight == 0:
             await asyncio.sleep(0.01)
         with pytest.raises(ModelNotReadyError) as err:

@@ -82,6 +82,9 @@ def build_lora(target: Path, base_config: Any, seed: int, rank: int = 4, scale: 
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank * 4, "lora_dropout": 0.0,
         "target_modules": list(outputs), "bias": "none", "base_model_name_or_path": None, "inference_mode": True,
     }))
+    return target
+
+
 CROSS_ENCODER_WORDS = sorted({w for line in CORPUS for w in line.split()} | {"what", "where", "who", "a", "of"})
 
 
