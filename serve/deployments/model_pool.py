@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from configs.pool_models import PoolConfig
-from serve.deployments.model_slot import LOADING, READY, UNLOADING, ModelSlot
-
-HOLDING = (READY, LOADING, UNLOADING)
+from serve.deployments.model_slot import HOLDING, READY, ModelSlot
 
 
 def fits(pool: PoolConfig | None, slots: Iterable[ModelSlot], candidate: ModelSlot) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from common.footprint import Memory
@@ -17,6 +17,7 @@ from configs.server_models import MultiModelConfig
 from servers.base_engine import BaseEngine
 
 UNLOADED, LOADING, READY, UNLOADING, FAILED = "unloaded", "loading", "ready", "unloading", "failed"
+HOLDING = (READY, LOADING, UNLOADING)  # states in which a slot's engine holds memory
 
 
 @dataclass
@@ -38,7 +39,6 @@ class ModelSlot:
     evictions: int = 0
     load_task: asyncio.Task[None] | None = None
     keep_alive_timer: asyncio.TimerHandle | None = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set while ready or failed
 
     @property
     def model_id(self) -> str:
@@ -47,7 +47,7 @@ class ModelSlot:
     @property
     def ram_bytes(self) -> int:
         """What the slot holds against the RAM budget now: nothing unless loaded (or sleeping at level 1)."""
-        if self.status not in (READY, LOADING, UNLOADING) and not self.sleeping:
+        if self.status not in HOLDING and not self.sleeping:
             return 0
         return self.expected_ram_bytes
 
@@ -57,7 +57,7 @@ class ModelSlot:
 
     @property
     def gpu_bytes(self) -> tuple[int, ...]:
-        if self.status not in (READY, LOADING, UNLOADING) or self.measured is None:
+        if self.status not in HOLDING or self.measured is None:
             return ()
         return self.measured.gpu
 
@@ -74,10 +74,6 @@ class ModelSlot:
 
     def set_status(self, status: str, error: str | None = None) -> None:
         self.status, self.error = status, error
-        if status in (READY, FAILED):
-            self.settled.set()
-        else:
-            self.settled.clear()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -23,9 +23,9 @@ from common.footprint import Memory, process_memory, release_freed_memory
 from configs.pool_models import PoolConfig
 from configs.server_models import MultiModelConfig
 from serve.deployments import model_pool
-from serve.deployments.model_slot import FAILED, LOADING, READY, UNLOADED, UNLOADING, ModelSlot
+from serve.deployments.model_slot import FAILED, HOLDING, LOADING, READY, UNLOADED, UNLOADING, ModelSlot
 from serve.deployments.pool_events import PoolEvents
-from servers.base_engine import BaseEngine, Chunk
+from servers.base_engine import Chunk
 from servers.registry import ENGINE_REGISTRY, get_engine_class, register_engine
 
 # The reference design imports register_engine from here.
@@ -285,7 +285,7 @@ class MultiModelServer:
     def describe_pool(self) -> dict[str, Any] | None:
         if self.pool is None:
             return None
-        held = [s for s in self.models.values() if s.status in model_pool.HOLDING]
+        held = [s for s in self.models.values() if s.status in HOLDING]
         return {**self.pool.model_dump(), "loaded": [s.model_id for s in held],
                 "loaded_bytes": sum(s.ram_bytes for s in self.models.values()),
                 "libraries_imported": self.libraries_imported,
@@ -322,5 +322,3 @@ def _estimate(config: MultiModelConfig) -> int | None:
     except Exception:  # noqa: BLE001 - an estimate is a hint; the load reports real problems
         return None
 
-
-__all__ += ["FAILED", "LOADING", "READY", "UNLOADED", "UNLOADING", "BaseEngine"]

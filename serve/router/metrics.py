@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.chunks import is_heartbeat
+
 from serve.router.request_log import log_request, request_fields
 
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
@@ -97,7 +99,7 @@ class RequestRecord:
     streamed: bool = False  # a merged answer's one chunk says nothing about time to first token
 
     def on_chunk(self, chunk: dict[str, Any]) -> None:
-        if "heartbeat" in chunk:  # the model is still loading: not output
+        if is_heartbeat(chunk):  # the model is still loading: not output
             return
         if self.first_chunk is None:
             self.first_chunk = time.monotonic()
