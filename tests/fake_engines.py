@@ -6,6 +6,7 @@ They load no model: never use them to claim anything about model behaviour.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 from typing import Any, AsyncIterator
 
@@ -34,6 +35,17 @@ class FakeEchoParams(BasePydantic):
     fail_after: int | None = Field(default=None, ge=0, description="Raise an unexpected error after N chunks.")
 
 
+def _fresh_pages(size: int) -> mmap.mmap | None:
+    """``size`` bytes of resident memory in pages of its own (an anonymous map, every page touched), so
+    holding them grows the RSS by their size whatever the allocator kept from earlier tests."""
+    if not size:
+        return None
+    held = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        held[offset] = 1
+    return held
+
+
 @register_engine("FAKE_ECHO")
 class FakeEchoEngine(BaseEngine):
     """Echoes the input's words back, one chunk per word, optionally slowly or failing."""
@@ -46,16 +58,18 @@ class FakeEchoEngine(BaseEngine):
         super().__init__(config, engine_config)
         self.chunks_sent = 0
         self.cancelled = 0
+        self.held: mmap.mmap | None = None
 
     async def start(self) -> None:
         await asyncio.sleep(self.engine_config.start_delay_s)
         if self.engine_config.fail_on_start:
             raise RuntimeError("fake engine configured to fail on start")
-        self.held = bytearray(self.engine_config.hold_bytes)
-        memoryview(self.held)[::4096] = b"\x01" * len(range(0, len(self.held), 4096))  # touch every page
+        self.held = _fresh_pages(self.engine_config.hold_bytes)
 
     async def stop(self) -> None:
-        self.held = bytearray()
+        if self.held is not None:
+            self.held.close()  # munmap: the pages go back to the kernel at once
+        self.held = None
 
     @classmethod
     def estimate_footprint(cls, config: Any, engine_config: FakeEchoKwargs) -> int | None:

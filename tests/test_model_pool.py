@@ -132,6 +132,7 @@ def test_no_room_in_time_is_a_503_with_retry_after_naming_who_holds_the_memory()
         assert err.value.headers() == {"Retry-After": "7"}
         assert "busy (1 requests in flight)" in err.value.message
         await stream
+        server.pool = pool(max_loaded=1, load_timeout_s=30)  # a patient caller: the eviction and load take time
         assert (await ask(server, "late"))[0]["text"] == "hello"  # room once the stream ended
 
     asyncio.run(scenario())
