@@ -38,7 +38,39 @@ def build_app(args: AppArgs) -> Application:
         Console(stderr=True).print(f"[bold red]{err}[/bold red]", highlight=False)
         raise
     print_configs(loaded.models)
+    warn_if_cpus_short(loaded)
     return build_application(loaded)
+
+
+def requested_cpus(loaded: LoadedConfig) -> dict[str, float]:
+    """CPUs each deployment reserves at start (its replicas' ``num_cpus``; Ray's default is 1 a replica)."""
+    wanted = {constants.ROUTER_DEPLOYMENT_NAME: loaded.router.num_cpus * loaded.router.num_replicas}
+    for name, entries in model_deployments(loaded.models).items():
+        if name == constants.ROUTER_DEPLOYMENT_NAME:
+            continue
+        options = deployment_options(entries)
+        autoscaling = options.get("autoscaling_config") or {}
+        replicas = options.get("num_replicas")
+        if not isinstance(replicas, int):  # "auto" or autoscaling: the replicas it starts with
+            replicas = autoscaling.get("initial_replicas") or autoscaling.get("min_replicas", 1)
+        wanted[name] = float((options.get("ray_actor_options") or {}).get("num_cpus", 1)) * replicas
+    return wanted
+
+
+def warn_if_cpus_short(loaded: LoadedConfig) -> None:
+    """Say plainly when the deployments reserve more CPUs than the cluster has: Ray then leaves some
+    replicas (maybe the router, and with it the whole API) waiting to be scheduled, with a terse warning."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    have = ray.cluster_resources().get("CPU", 0.0)
+    wanted = requested_cpus(loaded)
+    if sum(wanted.values()) > have + 1e-9:
+        shares = ", ".join(f"{name} {cpus:g}" for name, cpus in sorted(wanted.items(), key=lambda kv: -kv[1]))
+        logger.warning("the deployments reserve %.2f CPUs (%s) but the cluster has %g: some replicas will wait to "
+                       "be scheduled; lower deployment_config.ray_actor_options.num_cpus (fractions are fine)",
+                       sum(wanted.values()), shares, have)
 
 
 def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:

@@ -44,6 +44,15 @@ def test_default_model_config_is_a_valid_serve_config() -> None:
     assert Path(models[0].model_loading_config.model_source).is_absolute()  # resolved next to the YAML
 
 
+def test_the_demo_fits_the_two_cores_the_readme_promises() -> None:
+    """Every deployment of ``make run`` must be schedulable on a 2-CPU laptop, the router included:
+    a replica that does not fit waits forever, and without the router nothing answers."""
+    app = yaml.safe_load((REPO_ROOT / "model_config.yaml").read_text())["applications"][0]
+    wanted = vllm_host.requested_cpus(load_app_config(app["args"], default_path=str(REPO_ROOT / "model_config.yaml")))
+    assert "MultiModelRouter" in wanted and wanted["llm-pool"] == 0.5
+    assert sum(wanted.values()) <= 2.0, wanted
+
+
 def test_bare_llm_configs_document_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "bare.yaml"
     path.write_text(yaml.safe_dump({"llm_configs": [entry()]}))
