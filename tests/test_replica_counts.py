@@ -87,3 +87,28 @@ def test_counts_from_serve_instance_details() -> None:
     details = {"target_num_replicas": 3, "replicas": [{"state": "RUNNING", "replica_id": "a1"}, {"state": "STARTING", "replica_id": "b2"},
                                                       {"state": "STOPPING", "replica_id": "c3"}]}
     assert _count(details) == Replicas(running=1, target=3, starting=1, running_ids=("a1",))
+
+
+class SlowAfterFirstAnswer:
+    """A deployment that answers its first status call, then is too busy to answer in time (a load holds it)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def get_config(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls > 1:
+            await asyncio.sleep(5)
+        return {"pid": 1, "models": [{"model_id": "busy", "status": "ready", "error": None}]}
+
+
+def test_a_busy_replica_keeps_its_last_known_status_with_its_age() -> None:
+    busy = entry("busy")
+    models = ModelDirectory([busy], {"busy-d": SlowAfterFirstAnswer()}, 0.05, FixedCounts({"busy-d": Replicas(1, 1)}))
+
+    async def twice() -> tuple[dict[str, Any], dict[str, Any]]:
+        return await models.describe("busy"), await models.describe("busy")
+
+    first, second = asyncio.run(twice())
+    assert first["status"] == "ready" and "status_age_s" not in first
+    assert second["status"] == "ready" and second["status_age_s"] >= 0  # not "loading" because it was slow once

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 from common.call import ModelCall
 from common.chunks import ChunkMerger
@@ -40,14 +40,20 @@ class MultiModelDeployment:
 
     async def load_model(self, model_id: str) -> dict[str, Any]:
         """Admin: load ``model_id`` now (``POST /v1/models/{id}/load``)."""
-        return self._server_answer(await self._server.load_model(model_id))
+        return await self._admin_answer(self._server.load_model(model_id))
 
     async def unload_model(self, model_id: str) -> dict[str, Any]:
         """Admin: unload ``model_id`` once its requests are done (``POST /v1/models/{id}/unload``)."""
-        return self._server_answer(await self._server.unload_model(model_id))
+        return await self._admin_answer(self._server.unload_model(model_id))
 
     @staticmethod
-    def _server_answer(model: dict[str, Any]) -> dict[str, Any]:
+    async def _admin_answer(action: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """The model's state after ``action``; a refusal (409 pinned, 404) comes back as an error chunk, so
+        Ray does not log a client's mistake as a replica's traceback."""
+        try:
+            model = await action
+        except ServingError as exc:
+            return {"error": exc.to_dict(), "status_code": exc.status_code}
         return {**model, "replica": replica_info()}
 
     async def call(self, call: ModelCall) -> AsyncIterator[list[Chunk]]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -19,7 +20,7 @@ from ray.exceptions import RayActorError
 
 from common.call import ModelCall
 from common.constants import ROUTER_DEPLOYMENT_NAME
-from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
+from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError, error_from_dict
 from serve.router.backends import ModelBackend
 from serve.router.replica_counts import ReplicaCounts, Replicas
 from servers.base_engine import BaseEngine, Chunk, served_endpoints
@@ -61,6 +62,9 @@ class ModelHandle:
         return self.directory.watch_first_chunk(self.entry, chunks)
 
 
+STALE_STATUS_MAX_S = 60.0
+
+
 class ModelDirectory:
     def __init__(
         self, entries: list[ModelEntry], backends: dict[str, ModelBackend], discovery_timeout_s: float,
@@ -70,6 +74,7 @@ class ModelDirectory:
         self.backends = backends
         self.discovery_timeout_s = discovery_timeout_s
         self.replica_counts = replica_counts
+        self._last_seen: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}  # deployment -> (when, its models)
         self.scales_to_zero = {e.deployment for e in entries if _min_replicas(e) == 0}
         engines = {e.model_id: get_engine_class(e.type) for e in entries}
         self.handles = {
@@ -171,7 +176,8 @@ class ModelDirectory:
         try:
             info = await asyncio.wait_for(self.backends[deployment].get_config(), self.discovery_timeout_s)
         except asyncio.TimeoutError:
-            return self._fallback(deployment, "loading", "deployment is starting or has no running replica yet")
+            return self._last_known(deployment) or self._fallback(
+                deployment, "loading", "deployment is starting or has no running replica yet")
         except RayActorError as exc:  # a replica died; Ray Serve is replacing it
             return self._fallback(deployment, "loading", f"replica restarting ({type(exc).__name__})")
         except Exception as exc:  # noqa: BLE001 - an unreachable deployment is a status, not a crash
@@ -184,14 +190,27 @@ class ModelDirectory:
             if pool is not None:
                 model["pool"] = {"name": deployment, **pool}
             found[model["model_id"]] = model
+        self._last_seen[deployment] = (time.monotonic(), found)
         return found
+
+    def _last_known(self, deployment: str) -> dict[str, dict[str, Any]] | None:
+        """A replica too busy to answer in time (a load holding its interpreter) still has the models it had:
+        show their last status, saying how old it is, rather than calling them all "loading"."""
+        when, found = self._last_seen.get(deployment, (0.0, {}))
+        age = round(time.monotonic() - when, 1)
+        if not found or age > STALE_STATUS_MAX_S:  # long silent: it may be gone, and "loading" is the honest guess
+            return None
+        return {model_id: {**model, "status_age_s": age} for model_id, model in found.items()}
 
     async def admin(self, method: str, model_id: str) -> dict[str, Any]:
         """Load or unload a model on its deployment (``load_model`` / ``unload_model``)."""
         handle = self.handle(model_id)
         if handle.adapter is not None:
             raise InvalidRequestError(f"'{model_id}' is an adapter: it loads with its first request", param="model_id")
-        return await handle.backend.admin(method, handle.entry.model_id)
+        answer = await handle.backend.admin(method, handle.entry.model_id)
+        if isinstance(answer.get("error"), dict):  # a refusal (a model's own "error" is a string or None)
+            raise error_from_dict(answer.get("status_code", 500), answer["error"])
+        return answer
 
     def _fallback(self, deployment: str, status: str, error: str | None) -> dict[str, dict[str, Any]]:
         return {
