@@ -88,24 +88,7 @@ class EmbeddingEngine(EmbeddingModelEngine):
         yield {"embeddings": vectors, "usage": _usage(features)}
 
     def _inputs(self, value: Any) -> list[str] | list[list[int]]:
-        """A string, a list of strings, a list of token ids or a list of token-id lists, as a list."""
-        if isinstance(value, str):
-            value = [value]
-        elif isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-            value = [value]
-        if not isinstance(value, list) or not value:
-            raise InvalidRequestError("input must be a non-empty string or list", param="input")
-        if len(value) > self.engine_config.max_inputs:
-            raise InvalidRequestError(f"input has {len(value)} items; this model takes at most {self.engine_config.max_inputs}",
-                                      param="input")
-        if all(isinstance(v, str) for v in value):
-            for i, text in enumerate(value):
-                if not text:
-                    raise InvalidRequestError(f"input[{i}] is an empty string", param="input")
-            return value
-        if all(isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value):
-            return value
-        raise InvalidRequestError("input must be strings or non-empty lists of token ids, not a mix", param="input")
+        return embedding_inputs(value, self.engine_config.max_inputs)
 
     def _dimensions(self, requested: int | None) -> int:
         """``dimensions``: the full size always; fewer only where the model is Matryoshka-trained."""
@@ -122,7 +105,7 @@ class EmbeddingEngine(EmbeddingModelEngine):
 
     # -- rerank and score ---------------------------------------------------------------------
     async def score(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
-        text_1, text_2, names = _pairs(call.input)
+        text_1, text_2, names = pair_inputs(call.input)
         if len(text_2) > self.engine_config.max_inputs:
             raise InvalidRequestError(f"{len(text_2)} texts in {names[1]}; this model takes at most "
                                       f"{self.engine_config.max_inputs}", param=names[1])
@@ -137,7 +120,7 @@ class EmbeddingEngine(EmbeddingModelEngine):
             for name, texts in zip(names, (text_1, text_2)):
                 self._check_lengths([by_text[t] for t in texts], name)
             vectors = dict(zip(unique, await self._batcher.run(features)))
-            scores = [_cosine(vectors[a], vectors[b]) for a, b in zip(text_1, text_2)]
+            scores = [cosine(vectors[a], vectors[b]) for a, b in zip(text_1, text_2)]
         self.requests += 1
         yield {"scores": scores, "usage": _usage(features)}
 
@@ -160,7 +143,28 @@ class EmbeddingEngine(EmbeddingModelEngine):
         return {"requests": self.requests, **(self._batcher.stats() if self._batcher is not None else {})}
 
 
-def _pairs(value: Any) -> tuple[list[str], list[str], tuple[str, str]]:
+def embedding_inputs(value: Any, max_inputs: int) -> list[str] | list[list[int]]:
+    """A string, a list of strings, a list of token ids or a list of token-id lists, as a list (shared by
+    every embedding engine, so they accept and refuse the same inputs)."""
+    if isinstance(value, str):
+        value = [value]
+    elif isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise InvalidRequestError("input must be a non-empty string or list", param="input")
+    if len(value) > max_inputs:
+        raise InvalidRequestError(f"input has {len(value)} items; this model takes at most {max_inputs}", param="input")
+    if all(isinstance(v, str) for v in value):
+        for i, text in enumerate(value):
+            if not text:
+                raise InvalidRequestError(f"input[{i}] is an empty string", param="input")
+        return value
+    if all(isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value):
+        return value
+    raise InvalidRequestError("input must be strings or non-empty lists of token ids, not a mix", param="input")
+
+
+def pair_inputs(value: Any) -> tuple[list[str], list[str], tuple[str, str]]:
     """``{"text_1": [...], "text_2": [...]}``: two non-empty lists of non-empty texts of one length (the
     pairs), and the names errors give them (``"names"``, e.g. ``["query", "documents"]`` for rerank)."""
     if not isinstance(value, dict) or not {"text_1", "text_2"} <= set(value):
@@ -182,7 +186,7 @@ def _cut(vector: list[float], dimensions: int, renormalize: bool) -> list[float]
     return [x / norm for x in head] if norm > 0 else head
 
 
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
     return sum(x * y for x, y in zip(a, b)) / norm if norm > 0 else 0.0
 

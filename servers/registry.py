@@ -25,6 +25,7 @@ BUILTIN_ENGINE_MODULES: dict[str, str] = {
     "TTS": "servers.tts_engine",
     "VLLM": "servers.vllm_engine",
     "EMBEDDING": "servers.embedding_engine",
+    "VLLM_EMBEDDING": "servers.vllm_embedding_engine",
 }
 
 
