@@ -17,6 +17,7 @@ from bench.processes import REPO_ROOT
 DEMO_CONFIG = REPO_ROOT / "model_config.yaml"
 FAKE_ENGINE_MODULES = ["tests.fake_engines"]
 LLM_ID, OCR_ID, WHISPER_ID, VIDEO_ID = "smollm2-135m-instruct", "ocr", "whisper-tiny-en", "video"
+EMBEDDING_ID = "all-minilm-l6-v2"
 
 
 def demo_args() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
-from bench.models import LLM_ID, OCR_ID, WHISPER_ID
+from bench.models import EMBEDDING_ID, LLM_ID, OCR_ID, WHISPER_ID
 from bench.processes import REPO_ROOT
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -181,10 +181,23 @@ def build_kinds(base_url: str) -> dict[str, Kind]:
                                              "temperature": 0}, lambda b: b["choices"][0]["text"]), exact=False),
         Kind("infer_ocr", OCR_ID, 2, lambda c, _: post_json(c, infer_url, {"model_id": OCR_ID, "input": png},
                                                             lambda b: b["text"])),
+        Kind("embeddings", EMBEDDING_ID, 2, lambda c, _: post_json(
+            c, f"{base_url}/v1/embeddings", {"model": EMBEDDING_ID, "input": EMBEDDING_TEXTS}, _closer_pair)),
         Kind("transcription", WHISPER_ID, 1, lambda c, _: post_json(
             c, f"{base_url}/v1/audio/transcriptions", transcription_form(), lambda b: b["text"], form=True)),
     ]
     return {k.name: k for k in kinds}
+
+
+EMBEDDING_TEXTS = ["The cat sits on the mat.", "A feline rests on a rug.", "Interest rates rose in March."]
+
+
+def _closer_pair(body: dict[str, Any]) -> str:
+    """The check of an embeddings answer: the paraphrases are closer than the unrelated pair (vectors
+    wobble in their last digits with the batch they ran in, so the numbers themselves are not compared)."""
+    cat, feline, rates = (d["embedding"] for d in body["data"])
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731 - the vectors are normalized
+    return f"{len(body['data'])} vectors of {len(cat)}, paraphrases closer: {dot(cat, feline) > dot(cat, rates)}"
 
 
 def long_stream(base_url: str, started: Callable[[], None]) -> Kind:

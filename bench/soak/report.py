@@ -36,19 +36,29 @@ def account(results: list[RequestResult], faults: list[FaultResult], end_s: floa
         "by_phase": {k: dict(v) for k, v in sorted(by_phase.items())},
         "failures_outside_fault_windows": {o: sum(r.outcome == o for r in outside) for o in failed},
         "fault_windows_s": [[round(a, 1), round(b, 1)] for a, b in windows],
+        # per fault: the kinds whose requests saw a failure in its window (retried ones too), e.g. whether a
+        # replica kill touched other models
+        "touched_in_window": [dict(Counter(r.kind for r in load if r.outcome != COMPLETED
+                                           and start <= r.ended_s and r.started_s <= until)) for start, until in windows],
         "lost_examples": [r.summary() for r in lost[:25]],
         "failed_outside_examples": [r.summary() for r in outside[:25]],
     }
 
 
+PLATFORM_PROCESS = "ray::ServeReplica:"  # our router and model replicas; the rest is Ray's own (GCS, dashboard, ...)
+
+
 def drift_summary(drift: dict[str, Any]) -> dict[str, Any]:
-    """The largest RSS and fd drift among processes that lived through the whole measured span."""
+    """The largest RSS and fd drift among processes that lived through the whole measured span: the
+    platform's (router and model replicas) apart from Ray's own, whose dashboard grows once when it first
+    serves ``serve deploy``'s REST call."""
     steady = [p for p in drift["processes"] if not p["started_after_baseline"]]
-    worst = lambda key: max(steady, key=lambda p: abs(p[key] or 0), default=None)  # noqa: E731
     out: dict[str, Any] = {}
-    for key in ("rss_drift_pct", "fd_drift_pct"):
-        row = worst(key)
-        out[f"max_{key}"] = None if row is None else {"process": row["process"], "pid": row["pid"], "value": row[key]}
+    for group, rows in (("platform", [p for p in steady if p["process"].startswith(PLATFORM_PROCESS)]),
+                        ("ray", [p for p in steady if not p["process"].startswith(PLATFORM_PROCESS)])):
+        for key in ("rss_drift_pct", "fd_drift_pct"):
+            row = max(rows, key=lambda p: abs(p[key] or 0), default=None)
+            out[f"{group}_max_{key}"] = None if row is None else {"process": row["process"], "pid": row["pid"], "value": row[key]}
     return out
 
 
@@ -64,12 +74,15 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"| {totals['requests']} | {totals[COMPLETED]} | {totals[RETRIED]} | {totals[FAILED_VISIBLE]} | "
              f"{totals[FAILED_ERROR]} | {totals[LOST_OUTCOME]} |", "",
              f"Failures outside the fault windows: {acc['failures_outside_fault_windows']}.", "",
-             "| fault | at (s of run time) | recovery (s) | detail |", "|---|---|---|---|"]
-    for fault in result["faults"]:
+             "| fault | at (s of run time) | recovery (s) | requests not completed first time in its window, by kind | detail |",
+             "|---|---|---|---|---|"]
+    touched = acc.get("touched_in_window") or [{}] * len(result["faults"])
+    for fault, kinds in zip(result["faults"], touched):
         recovery = "not recovered" if fault["recovery_s"] is None else f"{fault['recovery_s']:.1f}"
-        lines.append(f"| {fault['name']} | {fault['at_s']:.1f} | {recovery} | {json.dumps(fault['detail'])[:160]} |")
+        lines.append(f"| {fault['name']} | {fault['at_s']:.1f} | {recovery} | {json.dumps(kinds)} | "
+                     f"{json.dumps(fault['detail'])[:240]} |")
     for skipped in result["skipped_faults"]:
-        lines.append(f"| {skipped['name']} | — | — | skipped: {skipped['why']} |")
+        lines.append(f"| {skipped['name']} | — | — | — | skipped: {skipped['why']} |")
     lines += ["", "| outcome by kind | " + " | ".join(OUTCOMES) + " |", "|---|" + "---|" * len(OUTCOMES)]
     for name, counts in acc["by_kind"].items():
         lines.append(f"| {name} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")

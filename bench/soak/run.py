@@ -4,7 +4,7 @@
     python -m bench soak --quick      # 60 s smoke run (soak.quick.json, soak.quick.md)
     python -m bench soak --minutes 30 --fraction 0.6
 
-The platform starts as ``make run`` starts it (the demo config's LLM, Whisper and OCR entries and router
+The platform starts as ``make run`` starts it (the demo config's LLM, Whisper, OCR and embedding entries and router
 settings), on a Ray head of its own with a dashboard port (for ``serve deploy``) and a metrics port (for the
 replicas' asyncio task counts). Then: a reference answer per request kind, the mix's capacity (closed loop),
 and the soak: Poisson arrivals at ``--fraction`` of that capacity for the duration, with the faults of
@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 from bench.launcher import Platform
 from bench.machine import describe_machine
-from bench.models import LLM_ID, OCR_ID, WHISPER_ID, demo_entries, demo_router_config
+from bench.models import EMBEDDING_ID, LLM_ID, OCR_ID, WHISPER_ID, demo_entries, demo_router_config
 from bench.processes import REPO_ROOT
 from bench.profiles import get_profile
 from bench.soak import report
@@ -139,7 +139,7 @@ def run(settings: SoakSettings) -> Path:
     dashboard_port, metrics_port = free_port(), free_port()
     profile = dataclasses.replace(get_profile("default"), name="soak", head_flags=(
         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--metrics-export-port={metrics_port}"))
-    entries = demo_entries(LLM_ID, WHISPER_ID, OCR_ID)
+    entries = demo_entries(LLM_ID, WHISPER_ID, OCR_ID, EMBEDDING_ID)
     with Platform(entries, profile, router_config=demo_router_config(), label="soak") as platform:
         result = asyncio.run(soak(platform, settings, dashboard_port, metrics_port))
     result["machine"] = machine
