@@ -112,7 +112,8 @@ class ConstrainedLLMParams(LLMParams):
     tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         default=None, description="Default: auto with tools, none without.")
-    parallel_tool_calls: bool = Field(default=True, description="With tool_choice required: one or more calls.")
+    parallel_tool_calls: bool = Field(
+        default=True, description="With tool_choice required: a list of 1 to len(tools) calls; false: exactly one.")
 
     @field_validator("response_format")
     @classmethod

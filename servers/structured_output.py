@@ -50,7 +50,9 @@ def output_plan(params: BaseModel) -> OutputPlan:
 
 
 def forced_calls_schema(functions: list[FunctionSpec], parallel: bool) -> dict[str, Any]:
-    """``{"name": <one of functions>, "arguments": <its parameters>}``, or a non-empty list of them.
+    """``{"name": <one of functions>, "arguments": <its parameters>}``, or a list of 1 to
+    ``len(functions)`` of them (any function, repeats allowed). The upper bound is ours: unbounded,
+    small models keep adding calls until ``max_tokens``; an agent loop asks again after the results.
 
     Each function's arguments schema is hoisted into the root ``$defs`` (its own ``$defs`` too, and
     its local ``$ref``s rewritten), because JSON pointers cannot index into the ``anyOf`` list."""
@@ -65,7 +67,8 @@ def forced_calls_schema(functions: list[FunctionSpec], parallel: bool) -> dict[s
             "additionalProperties": False,
         })
     call = cases[0] if len(cases) == 1 else {"anyOf": cases}
-    schema: dict[str, Any] = {"type": "array", "items": call, "minItems": 1} if parallel else dict(call)
+    schema: dict[str, Any] = {"type": "array", "items": call, "minItems": 1,
+                              "maxItems": len(functions)} if parallel else dict(call)
     schema["$defs"] = defs
     return schema
 

@@ -176,7 +176,8 @@ def test_tool_result_sent_back_yields_a_final_answer(oai: openai.OpenAI) -> None
                                         temperature=0, max_tokens=48)
     assert final.choices[0].message.content and not final.choices[0].message.tool_calls
     assert final.choices[0].finish_reason in ("stop", "length")
-    assert final.usage.prompt_tokens > first.usage.prompt_tokens  # the call and its result were in the prompt
+    plain = oai.chat.completions.create(model=SMOL, messages=weather_question("Paris"), temperature=0, max_tokens=1)
+    assert final.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the call and its result were in the prompt
 
 
 @pytest.mark.integration
@@ -185,18 +186,18 @@ def test_streamed_tool_call_deltas_reassemble(oai: openai.OpenAI) -> None:
                                          tool_choice="required", parallel_tool_calls=True, temperature=1.0,
                                          max_tokens=256, stream=True)
     calls: dict[int, dict[str, Any]] = {}
-    reasons, pieces = [], 0
+    reasons = []
     for chunk in stream:
         choice = chunk.choices[0]
         reasons += [choice.finish_reason] if choice.finish_reason else []
         for delta in choice.delta.tool_calls or []:
-            pieces += 1
+            if delta.index not in calls:  # a call's first delta names it (OpenAI's order)
+                assert delta.id and delta.type == "function" and delta.function.name
             call = calls.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
             call["id"] = delta.id or call["id"]
             call["name"] = (delta.function.name if delta.function else None) or call["name"]
             call["arguments"] += (delta.function.arguments or "") if delta.function else ""
-    assert reasons == ["tool_calls"] and calls
-    assert pieces > len(calls)  # the arguments arrived in pieces, not all at once
+    assert reasons == ["tool_calls"] and calls  # how many pieces depends on timing (tests above feed them piecewise)
     for call in calls.values():
         assert call["id"].startswith("call_")
         jsonschema.validate(json.loads(call["arguments"]), PARAMS_BY_NAME[call["name"]])
