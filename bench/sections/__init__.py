@@ -15,6 +15,7 @@ SECTIONS: dict[str, str] = {
     "llm": "bench.sections.llm",
     "media": "bench.sections.media",
     "coldstart": "bench.sections.coldstart",
+    "structured": "bench.sections.structured",
 }
 
 
