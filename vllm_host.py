@@ -59,7 +59,7 @@ def build_application(loaded: LoadedConfig) -> Application:
         ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
         graceful_shutdown_timeout_s=router.request_timeout_s,
         # The router logs requests itself when asked (router_config.log_requests).
-        logging_config={"enable_access_log": False},
+        logging_config=serve_logging_config(router.log_requests),
     )
     index, router_config = [_index_entry(m) for m in loaded.models], router.model_dump()
     init_args = (handles, index, router_config, [m.model_dump() for m in router_models], loaded.engine_modules)
@@ -74,7 +74,14 @@ def model_deployments(models: list[MultiModelConfig]) -> dict[str, list[MultiMod
     return groups
 
 
-def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
+def serve_logging_config(log_requests: str | bool) -> dict[str, Any]:
+    """Ray's logging options for every replica of the app: no access log (the router's own line per
+    request replaces it), and Ray's JSON encoding when ``router_config.log_requests`` is ``json``, so
+    router and model replicas write one JSON object per line that share the request's id."""
+    return {"enable_access_log": False, **({"encoding": "JSON"} if log_requests == "json" else {})}
+
+
+def deployment_options(entries: list[MultiModelConfig], log_requests: str | bool = False) -> dict[str, Any]:
     """The Serve options of one deployment: entries sharing it set them on one entry only.
 
     ``max_ongoing_requests`` defaults to ours, not Ray's 5: engines queue and batch requests
@@ -83,7 +90,7 @@ def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
     log (a line per call, status polls included) is off unless the entry turns it on with Ray's own
     ``logging_config: {enable_access_log: true}``."""
     options: dict[str, Any] = {"max_ongoing_requests": constants.MODEL_MAX_ONGOING_REQUESTS,
-                               "logging_config": {"enable_access_log": False}}
+                               "logging_config": serve_logging_config(log_requests)}
     for entry in entries:  # the loader guarantees sharing entries agree
         own = {k: v for k, v in entry.deployment_config.items() if k != "name"}
         if isinstance(own.get("logging_config"), dict):
@@ -93,13 +100,18 @@ def deployment_options(entries: list[MultiModelConfig]) -> dict[str, Any]:
 
 
 def _bind_model_deployment(name: str, entries: list[MultiModelConfig], loaded: LoadedConfig) -> Application:
-    options = deployment_options(entries)
+    options = deployment_options(entries, loaded.router.log_requests)
     performance = loaded.router.performance
     channel = (ChannelOptions(options["max_ongoing_requests"], options.get("graceful_shutdown_timeout_s", 20.0))
-               if performance.local_channel and channel_allowed(options) else None)
+               if performance.local_channel and channel_allowed(options, _on_demand(entries)) else None)
     deployment = serve.deployment(MultiModelDeployment, name=name, **options)
-    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel)
+    pool = loaded.pools[name].model_dump() if name in loaded.pools else None
+    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel, pool)
     return _versioned(deployment, *init_args).bind(*init_args)
+
+
+def _on_demand(entries: list[MultiModelConfig]) -> bool:
+    return any(e.load == "on_demand" for e in entries)
 
 
 def _versioned(deployment: Any, *init_args: Any) -> Any:
@@ -133,6 +145,8 @@ def _index_entry(entry: MultiModelConfig) -> dict[str, Any]:
         "engine_kwargs": entry.engine_kwargs,
         "deployment_config": entry.deployment_config,
         "request_timeout_s": entry.request_timeout_s,
+        "load": entry.load,
+        "adapters": [a.adapter_id for a in entry.lora_adapters],
     }
 
 

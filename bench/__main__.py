@@ -5,6 +5,7 @@
     python -m bench --quick                        # smoke test: tiny request counts, 1 repeat
     python -m bench --profile default              # how the platform is started (bench/profiles.py)
     python -m bench --summary-only                 # rebuild summary.md/png from the results present
+    python -m bench soak [--quick]                 # the soak and fault run (bench/soak/): 10 min, or 60 s
 
 Every figure is also reported as a ratio against its baseline, measured in the same run. Load goes to
 loopback only and is bounded; run it on a machine that is otherwise quiet.
@@ -31,6 +32,7 @@ logger = logging.getLogger("bench")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="SECTION", help="sections to run, as `python -m bench swap` (same as --sections)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of: {', '.join(SECTIONS)}")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is reported)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny request counts and 1 repeat")
@@ -38,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results folder")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild summary.md and summary.png")
     args = parser.parse_args(argv)
-    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.sections = args.names or [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}")
@@ -63,6 +65,11 @@ def run_section(name: str, settings: RunSettings, out_dir: Path) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # not a section: no baselines, no ratios; its own report (bench/soak/)
+        from bench.soak.run import main as soak_main
+
+        return soak_main(argv[1:])
     args = parse_args(argv)
     if args.summary_only:
         return 0 if write_summary(args.out) else 1

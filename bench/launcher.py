@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 RAY_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")
 SERVE_CLI = Path(sys.executable).parent / "serve"
+SERVING = ("ready", "unloaded", "scaled_to_zero")
 
 
 class Platform:
@@ -38,8 +39,10 @@ class Platform:
     uses_listener = True  # clients go to the router's own listener unless the profile asks for Ray's proxy
 
     def __init__(self, entries: list[dict[str, Any]], profile: Profile, *, engine_modules: list[str] | None = None,
-                 router_config: dict[str, Any] | None = None, label: str = "platform", ready_timeout_s: float = 900) -> None:
+                 router_config: dict[str, Any] | None = None, label: str = "platform", ready_timeout_s: float = 900,
+                 pools: dict[str, Any] | None = None) -> None:
         self.entries = profile.apply(entries)
+        self.pools = pools or {}
         self.profile = profile
         self.engine_modules = engine_modules or []
         self.router_config = {**(router_config or {}), **profile.router_config}
@@ -62,6 +65,8 @@ class Platform:
         args: dict[str, Any] = {"llm_configs": self.entries, "router_config": self.router_config}
         if self.engine_modules:
             args["engine_modules"] = self.engine_modules
+        if self.pools:
+            args["pools"] = self.pools
         config: dict[str, Any] = {
             "http_options": {"host": "127.0.0.1", "port": self.port},
             "applications": [{"name": "default", "import_path": "vllm_host:build_app", "route_prefix": "/", "args": args}],
@@ -104,7 +109,8 @@ class Platform:
             failed = {m: s.get("error") for m, s in statuses.items() if s.get("status") == "failed"}
             if failed:
                 raise RuntimeError(f"models failed to load: {failed}\n{log_tail(self.log_path)}")
-            if wanted and all(statuses.get(m, {}).get("status") == "ready" for m in wanted):
+            # on-demand models wait unloaded, scale-to-zero ones at zero: both serve
+            if wanted and all(statuses.get(m, {}).get("status") in SERVING for m in wanted):
                 return
             time.sleep(0.25)
         raise RuntimeError(f"{self.label}: not ready after {self.ready_timeout_s:.0f} s\n{log_tail(self.log_path)}")

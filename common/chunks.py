@@ -8,6 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 
+HEARTBEAT = "heartbeat"
+
+
+def heartbeat_chunk(note: str) -> dict[str, Any]:
+    """Sent while a streamed request waits (its model is loading): an SSE comment, never an event."""
+    return {HEARTBEAT: note}
+
+
+def is_heartbeat(chunk: dict[str, Any]) -> bool:
+    return HEARTBEAT in chunk
+
+
 class ChunkMerger:
     def __init__(self) -> None:
         self._fields: dict[str, Any] = {}
@@ -16,6 +28,8 @@ class ChunkMerger:
         self._calls: dict[int, dict[str, Any]] = {}
 
     def add(self, chunk: dict[str, Any]) -> None:
+        if HEARTBEAT in chunk:
+            return
         if "text" in chunk:
             self._has_text = True
             self._text.append(chunk["text"] or "")

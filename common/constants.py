@@ -56,3 +56,8 @@ MEDIA_MAX_IMAGE_PIXELS = 40_000_000
 # Per-node cache for s3:// and gs:// model sources (copied once, then reused); read at call time.
 MODEL_CACHE_ENV = ENV_PREFIX + "MODEL_CACHE"
 DEFAULT_MODEL_CACHE = "~/.cache/modelhost/models"
+
+# Speech synthesis (TTS): the longest input text, in characters (OpenAI's limit), and the sample rate
+# of `pcm` answers (OpenAI's: raw 16-bit mono at 24 kHz, so clients written for it play ours).
+SPEECH_MAX_INPUT_CHARS = 4096
+SPEECH_PCM_SAMPLE_RATE = 24_000

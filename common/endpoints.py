@@ -20,6 +20,10 @@ INFER = "/v1/infer"
 CHAT_COMPLETIONS = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
+EMBEDDINGS = "/v1/embeddings"
+RERANK = "/v1/rerank"
+SCORE = "/v1/score"
+SPEECH = "/v1/audio/speech"
 
 ENDPOINTS: dict[str, Endpoint] = {
     e.path: e
@@ -28,5 +32,9 @@ ENDPOINTS: dict[str, Endpoint] = {
         Endpoint(CHAT_COMPLETIONS, "generate"),
         Endpoint(COMPLETIONS, "generate"),
         Endpoint(TRANSCRIPTIONS, "transcribe"),
+        Endpoint(EMBEDDINGS, "embed"),
+        Endpoint(RERANK, "score"),
+        Endpoint(SCORE, "score"),
+        Endpoint(SPEECH, "speak"),
     )
 }

@@ -57,6 +57,13 @@ class NotFoundError(ServingError):
     error_type = "not_found_error"
 
 
+class ConflictError(ServingError):
+    """The request contradicts the model's state (unloading a pinned model)."""
+
+    status_code = 409
+    error_type = "conflict_error"
+
+
 class PayloadTooLargeError(ServingError):
     status_code = 413
     error_type = "payload_too_large"
@@ -67,7 +74,7 @@ class ModelNotReadyError(ServingError):
     error_type = "model_not_ready"
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": "5"}
+        return {"Retry-After": str(self.extra.get("retry_after_s", 5))}
 
 
 class OverloadedError(ServingError):
@@ -92,7 +99,7 @@ class EngineError(ServingError):
 
 def error_from_dict(status_code: int, body: dict[str, Any]) -> ServingError:
     """Rebuild a client error from the ``{"error": ...}`` chunk a deployment yielded."""
-    for cls in (InvalidRequestError, UnauthorizedError, ForbiddenError, NotFoundError, PayloadTooLargeError,
+    for cls in (InvalidRequestError, UnauthorizedError, ForbiddenError, NotFoundError, ConflictError, PayloadTooLargeError,
                 ModelNotReadyError, RequestTimeoutError):
         if cls.status_code == status_code:
             break

@@ -58,6 +58,9 @@ class TransformersEngineConfig(BasePydantic):
     """``engine_kwargs`` of ``type: TRANSFORMERS`` (any Hugging Face causal LM, CPU or CUDA)."""
 
     gguf_file: str | None = Field(default=None, description="GGUF file name inside model_source (dequantized on load).")
+    gguf_cache: bool = Field(
+        default=True, description="Keep a GGUF file's de-quantized weights in the model cache (MODELHOST_MODEL_CACHE), "
+        "so later loads skip the conversion (servers/generation/gguf_cache.py).")
     dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = Field(
         default="auto", description="auto = float32 on CPU, the checkpoint's dtype on CUDA."
     )

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from common import constants
+from configs.pool_checks import check_pools
 from configs.env_overrides import ENV_OVERRIDES, apply_env_overrides, field_label
 from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig, RouterConfig
 from servers.registry import get_engine_class, import_engine_modules, known_engine_types
@@ -76,6 +77,7 @@ def load_app_config(args: dict[str, Any] | AppArgs, default_path: str) -> Loaded
     merged = file_args.model_copy(update={
         "engine_modules": [*file_args.engine_modules, *app_args.engine_modules],
         "router_config": {**file_args.router_config, **app_args.router_config},
+        "pools": {**file_args.pools, **app_args.pools},
     })
     return validate_app_args(merged, source=str(path), base_dir=path.resolve().parent)
 
@@ -97,7 +99,10 @@ def validate_app_args(args: AppArgs, source: str, base_dir: Path | None) -> Load
         raise ConfigError(source, problems)
     if base_dir is not None:
         models = [_resolve_relative_source(m, base_dir) for m in models]
-    return LoadedConfig(models=models, router=router, engine_modules=args.engine_modules, source=source)
+    problems += check_pools(models, args.pools)
+    if problems:
+        raise ConfigError(source, problems)
+    return LoadedConfig(models=models, router=router, engine_modules=args.engine_modules, pools=args.pools, source=source)
 
 
 def _parse_router_config(raw: dict[str, Any], source: str) -> RouterConfig:
@@ -129,6 +134,7 @@ def _validate_entry(index: int, raw: Any, problems: list[str]) -> MultiModelConf
     problems += [f"{label}: {msg}" for msg in _check_engine(entry)]
     problems += [f"{label}: {msg}" for msg in check_deployment_options(entry.deployment_config)]
     problems += [f"{label}: {msg}" for msg in _check_placement(entry)]
+    problems += [f"{label}: {msg}" for msg in _check_adapters(entry)]
     return entry if len(problems) == before else None
 
 
@@ -157,6 +163,15 @@ def _check_placement(entry: MultiModelConfig) -> list[str]:
     if not entry.in_router and entry.deployment_name() == constants.ROUTER_DEPLOYMENT_NAME:
         return [f"deployment_config.name: '{constants.ROUTER_DEPLOYMENT_NAME}' is the router's deployment; "
                 "use in_router: true to host a model there"]
+    return []
+
+
+def _check_adapters(entry: MultiModelConfig) -> list[str]:
+    """LoRA adapters need an engine that loads them (one implementing ``load_adapter``)."""
+    if entry.lora_adapters and not callable(getattr(get_engine_class(entry.engine_type), "load_adapter", None)):
+        return [f"lora_adapters: engine {entry.engine_type} does not load LoRA adapters"]
+    if entry.load == "on_demand" and entry.in_router:
+        return ["load: on_demand is for model deployments; in_router models load with the router"]
     return []
 
 
@@ -195,16 +210,18 @@ def _check_duplicates(models: Iterable[MultiModelConfig]) -> list[str]:
 
 def _check_shared_deployments(models: Iterable[MultiModelConfig]) -> list[str]:
     """Entries that share a deployment name must not disagree about its options."""
-    first: dict[str, MultiModelConfig] = {}
+    first: dict[str, MultiModelConfig] = {}  # per deployment, the first entry that sets its options
     problems = []
     for m in models:
         name = m.deployment_name()
+        options = {k: v for k, v in m.deployment_config.items() if k != "name"}
+        if not options:
+            continue
         if name not in first:
             first[name] = m
             continue
-        options = {k: v for k, v in m.deployment_config.items() if k != "name"}
         owner = {k: v for k, v in first[name].deployment_config.items() if k != "name"}
-        if options and options != owner:
+        if options != owner:
             problems.append(
                 f"deployment_config: model '{m.model_id}' shares deployment '{name}' with "
                 f"'{first[name].model_id}' but sets different options; set them on one entry only"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from common import constants
 from common.base_pydantic import BasePydantic
+from configs.pool_models import Duration, LoraAdapterConfig, PoolConfig, check_load_policy
 
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:]{0,127}$")
 
@@ -52,6 +53,22 @@ class MultiModelConfig(BasePydantic):
         description="Host the engine inside the router's replicas: no Ray hop per request. For light CPU "
         "models; replicas and CPUs come from router_config, so no deployment_config.",
     )
+    load: Literal["eager", "on_demand"] = Field(
+        default="eager", description="eager: loaded when its replica starts; on_demand: when a request first needs it.")
+    keep_alive: Duration = Field(
+        default=-1, description="Unload after this long unused (30s, 5m, 1h); 0 = after each request; -1 = never.")
+    pin: bool = Field(default=False, description="Never evicted to make room for another model of its pool.")
+    lora_adapters: list[LoraAdapterConfig] = Field(
+        default_factory=list, description="LoRA adapters requests may name as '<model_id>:<adapter_id>'.")
+    max_loaded_adapters: int = Field(default=4, ge=1, description="Adapters held loaded at once; the least recently used goes first.")
+
+    @model_validator(mode="after")
+    def _check_load_policy(self) -> "MultiModelConfig":
+        check_load_policy(self.keep_alive, self.pin)
+        ids = [a.adapter_id for a in self.lora_adapters]
+        if len(ids) != len(set(ids)):
+            raise ValueError("lora_adapters: adapter ids must be unique")
+        return self
 
     @property
     def model_id(self) -> str:
@@ -112,10 +129,27 @@ class RouterConfig(BasePydantic):
     )
     max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
     num_replicas: int = Field(default=1, ge=1)
-    log_requests: bool = Field(
-        default=False, description="One INFO line per request from the router; failed (5xx) requests are logged either way."
+    log_requests: Literal[False, "text", "json"] = Field(
+        default=False,
+        description="One INFO line per request from the router: false (off; failed (5xx) requests are logged either "
+        "way), text (true means text), or json (every replica's Serve log as JSON, the request's fields as keys).",
     )
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+
+    @field_validator("log_requests", mode="before")
+    @classmethod
+    def _log_mode(cls, value: Any) -> Any:
+        """``true``/``false`` as before (YAML booleans or an env var's string), or a mode's name."""
+        text = str(value).strip().lower()
+        if value is True or text in LOG_TEXT_WORDS:
+            return "text"
+        if value is False or value is None or text in LOG_OFF_WORDS:
+            return False
+        return text if text == "json" else value  # anything else fails as not one of the modes
+
+
+LOG_TEXT_WORDS = ("true", "1", "yes", "on", "text")
+LOG_OFF_WORDS = ("false", "0", "no", "off", "")
 
 
 class AppArgs(BasePydantic):
@@ -127,6 +161,8 @@ class AppArgs(BasePydantic):
     engine_modules: list[str] = Field(
         default_factory=list, description="Extra modules to import so their @register_engine types exist."
     )
+    pools: dict[str, PoolConfig] = Field(
+        default_factory=dict, description="Memory budgets of model deployments, by deployment name (configs/pool_models.py).")
 
 
 class LoadedConfig(BasePydantic):
@@ -135,4 +171,5 @@ class LoadedConfig(BasePydantic):
     models: list[MultiModelConfig]
     router: RouterConfig = Field(default_factory=RouterConfig)
     engine_modules: list[str] = Field(default_factory=list)
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
     source: str = "args"

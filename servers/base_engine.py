@@ -28,8 +28,11 @@ A complete engine, registered for ``type: ECHO`` in the YAML::
 
 ``infer`` serves ``POST /v1/infer``. An engine serves more endpoints by implementing their methods
 (``common.endpoints``): subclass ``TextGenerationEngine`` and implement ``generate`` for chat and
-completions, ``SpeechToTextEngine`` and ``transcribe`` for transcriptions. Which endpoints a model
-answers is read from these methods (``served_endpoints``), never from a list kept by hand.
+completions, ``SpeechToTextEngine`` and ``transcribe`` for transcriptions, ``TextToSpeechEngine``
+and ``speak`` for speech synthesis, ``EmbeddingModelEngine`` and ``embed``/``score`` for embeddings,
+rerank and score. Which endpoints a model answers is read from these methods (``served_endpoints``),
+never from a list kept by hand; an engine whose configuration turns a method off (a cross-encoder has
+no embeddings) says so in ``unserved_methods``.
 
 Every method that serves a ``ModelCall`` is an async generator of chunk dicts. Text chunks carry a
 ``text`` delta; a non-streamed answer is the chunks merged (``common.chunks``), a streamed one is
@@ -39,6 +42,7 @@ each chunk as an SSE event. Raise ``common.errors.InvalidRequestError`` (or anot
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
@@ -46,7 +50,9 @@ from common.base_pydantic import BasePydantic
 from common.call import ModelCall
 from common.endpoints import ENDPOINTS
 from configs.audio_models import AudioParams
+from configs.embedding_models import EmbeddingParams
 from configs.llm_models import LLMParams
+from configs.speech_models import SpeechParams
 
 if TYPE_CHECKING:
     from configs.server_models import MultiModelConfig
@@ -92,6 +98,29 @@ class BaseEngine(ABC):
         """Live counters shown on ``/v1/models`` (queue depth, tokens generated, ...)."""
         return {}
 
+    @classmethod
+    def estimate_footprint(cls, config: "MultiModelConfig", engine_config: BasePydantic) -> int | None:
+        """Bytes of RAM the loaded model should take, before it was ever loaded (a pool budgets with it
+        until the first load measures it): by default its files' size; None when unknown (hub ids)."""
+        from common.footprint import files_size
+
+        return files_size(config.model_loading_config.model_source)
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        """Import the engine's heavy libraries (torch, ...) before a load is measured, so a pool's first
+        model is not charged for the libraries every later model shares."""
+
+    @classmethod
+    def unserved_methods(cls, engine_config: BasePydantic) -> frozenset[str]:
+        """Methods this class implements that a model with ``engine_config`` cannot serve (default none)."""
+        return frozenset()
+
+    def memory_bytes(self) -> int | None:
+        """RAM the loaded model's own data takes, when the engine can count it (its tensors); None lets a
+        pool use the RSS growth it measured around the load instead."""
+        return None
+
     def handler(self, endpoint: str) -> Any:
         """The bound method that serves ``endpoint`` (callers checked it is served)."""
         return getattr(self, ENDPOINTS[endpoint].engine_method)
@@ -130,6 +159,56 @@ class SpeechToTextEngine(BaseEngine):
         return self.transcribe(call)
 
 
-def served_endpoints(engine_cls: type[BaseEngine]) -> tuple[str, ...]:
-    """The API paths an engine class answers: those whose method it implements."""
-    return tuple(path for path, e in ENDPOINTS.items() if callable(getattr(engine_cls, e.engine_method, None)))
+class EmbeddingModelEngine(BaseEngine):
+    """Embeddings and relevance scores: ``embed`` serves ``/v1/embeddings``, ``score`` serves
+    ``/v1/rerank`` and ``/v1/score``; ``/v1/infer`` takes texts (embeddings) or ``{"text_1", "text_2"}``
+    (scores).
+
+    ``embed``: ``call.input`` is a list of texts or of token-id lists, ``call.params`` an
+    ``EmbeddingParams``; one chunk ``{"embeddings": [[float, ...], ...], "usage"}``. ``score``:
+    ``call.input`` is ``{"text_1": [...], "text_2": [...]}``, two lists of texts of one length (the
+    pairs); one chunk ``{"scores": [float, ...], "usage"}``, higher = more relevant.
+    """
+
+    params_model: ClassVar[type[BasePydantic]] = EmbeddingParams
+
+    @abstractmethod
+    def embed(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """One vector per input."""
+
+    @abstractmethod
+    def score(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """One relevance score per (text_1, text_2) pair."""
+
+    def infer(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        if isinstance(call.input, dict) and {"text_1", "text_2"} <= set(call.input):
+            return self.score(call)
+        return self.embed(call)
+
+
+class TextToSpeechEngine(BaseEngine):
+    """Speech synthesis: ``speak`` serves ``/v1/audio/speech`` and ``/v1/infer``.
+
+    ``call.input`` is the text, ``call.params`` a ``SpeechParams``. Chunks carry ``audio``: bytes of
+    the encoded answer (``params.response_format``). Unstreamed, one chunk holds the whole file;
+    streamed, each chunk continues the same byte stream (the first starts with the format's header).
+    The last chunk also has ``format``, ``sample_rate``, ``duration`` (seconds) and ``usage``.
+    ``/v1/infer`` answers JSON, so there ``audio`` is base64."""
+
+    params_model: ClassVar[type[BasePydantic]] = SpeechParams
+
+    @abstractmethod
+    def speak(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        """Stream the encoded audio of a text."""
+
+    async def infer(self, call: ModelCall) -> AsyncIterator[Chunk]:
+        async for chunk in self.speak(call):
+            yield {**chunk, "audio": base64.b64encode(chunk.get("audio") or b"").decode()}
+
+
+def served_endpoints(engine_cls: type[BaseEngine], engine_config: BasePydantic | None = None) -> tuple[str, ...]:
+    """The API paths an engine class answers: those whose method it implements (and, given a model's
+    ``engine_config``, that this configuration does not turn off)."""
+    off = engine_cls.unserved_methods(engine_config) if engine_config is not None else frozenset()
+    return tuple(path for path, e in ENDPOINTS.items()
+                 if e.engine_method not in off and callable(getattr(engine_cls, e.engine_method, None)))

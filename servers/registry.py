@@ -22,7 +22,9 @@ BUILTIN_ENGINE_MODULES: dict[str, str] = {
     "AUDIO": "servers.audio_engine",
     "VISION": "servers.vision_engine",
     "VIDEO": "servers.video_engine",
+    "TTS": "servers.tts_engine",
     "VLLM": "servers.vllm_engine",
+    "EMBEDDING": "servers.embedding_engine",
 }
 
 

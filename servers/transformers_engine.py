@@ -26,6 +26,8 @@ from servers.tool_calls import read_tool_calls
 
 logger = logging.getLogger(__name__)
 
+GGUF_BYTES_PER_WEIGHT = 0.5625  # Q4_0/Q4_1: 4.5 bits a weight with the block scales
+
 
 @register_engine("TRANSFORMERS")
 class TransformersEngine(TextGenerationEngine):
@@ -42,7 +44,26 @@ class TransformersEngine(TextGenerationEngine):
         self._batcher: Any = None
         self._grammars: Any = None  # servers.generation.grammar.SchemaGrammars, made on the first constrained request
         self._grammars_lock = asyncio.Lock()
+        self._adapters: Any = None
         self._executor = model_executor(self.model_id)
+
+    @classmethod
+    def estimate_footprint(cls, config: Any, engine_config: TransformersEngineConfig) -> int | None:
+        """A GGUF file is de-quantized on load: about 4.5 bits a weight on disk (Q4) become 2 or 4 bytes."""
+        from common.footprint import files_size
+
+        source = config.model_loading_config.model_source
+        size = files_size(source if not engine_config.gguf_file else os.path.join(source, engine_config.gguf_file))
+        if size is None or not engine_config.gguf_file:
+            return size
+        bytes_per_weight = 2 if engine_config.dtype in ("bfloat16", "float16") else 4
+        return int(size / GGUF_BYTES_PER_WEIGHT * bytes_per_weight)
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401 - the lazy module's heavy part
 
     async def start(self) -> None:
         await run_blocking(self._executor, self._load)
@@ -54,18 +75,26 @@ class TransformersEngine(TextGenerationEngine):
         from transformers.utils import logging as hf_logging
 
         from cloud.cloud_utils import resolve_model_source
+        from servers.generation import gguf_cache
         from servers.generation.batcher import ContinuousBatcher, check_cache_supported
+        from servers.generation.lora import LoraAdapters
 
         cfg = self.engine_config
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         self.device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
         source = resolve_model_source(self.config.model_loading_config.model_source, cfg.revision)
         common = {"gguf_file": cfg.gguf_file, "trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+        dtype = self._dtype(torch)
+        converted = self._converted_copy(source, dtype)
+        if converted is not None and gguf_cache.is_cached(converted):
+            source, common = str(converted), {**common, "gguf_file": None, "revision": None}
         # one progress bar per load at most: a GGUF file's de-quantization (the slow part) keeps its own,
         # transformers' "Loading weights" bar (well under a second here) is left out of the console
         hf_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self._dtype(torch), **common)
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common)
+        if converted is not None and common["gguf_file"]:
+            gguf_cache.save_conversion(self.model, self.tokenizer, converted)
         self.model.to(self.device).eval()
         context = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_model_len = min(cfg.max_model_len or context, context)
@@ -73,7 +102,20 @@ class TransformersEngine(TextGenerationEngine):
             probe = self.model(input_ids=torch.tensor([[self._eos_ids()[0]]], device=self.device), use_cache=True)
         check_cache_supported(probe.past_key_values)
         self._batcher = ContinuousBatcher(self.model, self.device, set(self._eos_ids()), cfg.max_batch_size)
+        sources = {a.adapter_id: a.source for a in self.config.lora_adapters}
+        self._adapters = LoraAdapters(sources, self.config.max_loaded_adapters, self._batcher) if sources else None
         logger.info("loaded %s on %s (%s threads, context %d)", self.model_id, self.device, torch.get_num_threads(), self.max_model_len)
+
+    def _converted_copy(self, source: str, dtype: Any) -> Any:
+        """Where this GGUF model's de-quantized copy is cached (None: not a local GGUF file, or caching off)."""
+        from pathlib import Path
+
+        from servers.generation import gguf_cache
+
+        gguf = Path(source) / self.engine_config.gguf_file if self.engine_config.gguf_file else None
+        if gguf is None or not self.engine_config.gguf_cache or not gguf.is_file():
+            return None
+        return gguf_cache.cached_conversion(gguf, str(dtype).removeprefix("torch."))
 
     def _dtype(self, torch: Any) -> Any:
         name = self.engine_config.dtype
@@ -94,8 +136,21 @@ class TransformersEngine(TextGenerationEngine):
         return ids
 
     def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        """The model's tokens; tool calls are read from them when the request has tools."""
         plan = output_plan(call.params)
-        return read_tool_calls(plan, self._generate(call, plan))
+        return read_tool_calls(plan, self._adapted(call, plan))
+
+    async def _adapted(self, call: ModelCall, plan: OutputPlan) -> AsyncIterator[dict[str, Any]]:
+        """A call naming a LoRA adapter runs through it, in the same batch."""
+        if call.adapter is None:
+            async for chunk in self._generate(call, plan):
+                yield chunk
+            return
+        if self._adapters is None:
+            raise InvalidRequestError(f"model '{self.model_id}' has no adapters", param="model")
+        async with self._adapters.use(call.adapter):
+            async for chunk in self._generate(call, plan):
+                yield chunk
 
     async def _generate(self, call: ModelCall, plan: OutputPlan) -> AsyncIterator[dict[str, Any]]:
         from servers.generation.batcher import GenerationJob, TokenEvent
@@ -123,6 +178,7 @@ class TransformersEngine(TextGenerationEngine):
             detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
             emit=emit,
             constraint=constraint,
+            adapter=call.adapter,
         )
         self._batcher.submit(job)
         finished = False
@@ -185,7 +241,21 @@ class TransformersEngine(TextGenerationEngine):
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.model = None
         self._batcher = None
+        self._adapters = None
 
     def stats(self) -> dict[str, Any]:
-        stats = self._batcher.stats() if self._batcher is not None else {}
-        return {**stats, **self._grammars.stats()} if self._grammars is not None else stats
+        if self._batcher is None:
+            return {}
+        return {**self._batcher.stats(), **(self._adapters.stats() if self._adapters is not None else {}),
+                **(self._grammars.stats() if self._grammars is not None else {})}
+
+    def memory_bytes(self) -> int | None:
+        """The weights and buffers in RAM (on a GPU the pool measures CUDA memory instead)."""
+        if self.model is None or self.device != "cpu":
+            return None
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+    def load_adapter(self, adapter: str) -> Any:
+        """LoRA adapters are loaded per request (``call.adapter``); see ``servers.generation.lora``."""
+        return self._adapters.use(adapter)

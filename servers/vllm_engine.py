@@ -58,6 +58,8 @@ class VLLMEngine(TextGenerationEngine):
 
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        if self.config.lora_adapters and not self.engine_config.engine_args().get("enable_lora"):
+            raise ValueError("lora_adapters need enable_lora: true in engine_kwargs (and max_lora_rank >= the adapters' rank)")
         devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         engine_args = self._engine_args(devices)
         async with device_start_lock(devices):
@@ -104,6 +106,26 @@ class VLLMEngine(TextGenerationEngine):
         if engine is not None:
             await asyncio.to_thread(engine.shutdown)  # stops the engine-core process: frees the GPU
 
+    # -- sleep mode: a pool puts an evicted engine to sleep instead of stopping it --------------
+    @property
+    def sleep_level(self) -> int | None:
+        """The level a pool's eviction uses (``enable_sleep_mode: true`` in engine_kwargs), else None."""
+        return self.engine_config.sleep_level if self.engine_config.sleeps else None
+
+    async def sleep(self) -> None:
+        """Level 1 offloads the weights to CPU RAM, level 2 discards them; both free the KV cache."""
+        await self.engine.sleep(level=self.engine_config.sleep_level)
+
+    async def wake_up(self) -> None:
+        await self.engine.wake_up()
+        if self.engine_config.sleep_level == 2:  # the weights were discarded: load them again
+            await self.engine.collective_rpc("reload_weights")
+        await self.engine.reset_prefix_cache()
+
+    def load_adapter(self, adapter: str) -> Any:
+        """vLLM loads LoRA adapters itself (``enable_lora: true``): a request passes a ``LoRARequest``."""
+        return self._lora_request(adapter)
+
     # -- requests -------------------------------------------------------------------------
     def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         plan = output_plan(call.params)
@@ -116,6 +138,8 @@ class VLLMEngine(TextGenerationEngine):
         prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id, tools=plan.tools,
                                    use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
         kwargs = self._generate_kwargs(prompt_ids, params, call.request_id, plan)
+        if call.adapter is not None:
+            kwargs["lora_request"] = self._lora_request(call.adapter)
         completion_tokens = 0
         self._running += 1
         try:
@@ -153,6 +177,16 @@ class VLLMEngine(TextGenerationEngine):
             # Unique even when a client reuses its x-request-id: vLLM keys requests by this id.
             "request_id": f"{request_id or 'req'}-{uuid.uuid4().hex[:12]}",
         }
+
+    def _lora_request(self, adapter: str) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        adapters = [a.adapter_id for a in self.config.lora_adapters]
+        if adapter not in adapters:
+            raise InvalidRequestError(f"unknown adapter '{adapter}'; adapters: {', '.join(adapters) or 'none'}", param="model")
+        source = next(a.source for a in self.config.lora_adapters if a.adapter_id == adapter)
+        # vLLM keys adapters by a positive int id: the adapter's place in the config, stable per model
+        return LoRARequest(lora_name=adapter, lora_int_id=adapters.index(adapter) + 1, lora_path=source)
 
     def stats(self) -> dict[str, Any]:
         return {"running": self._running, "finished": self._finished, "aborted": self._aborted}

@@ -18,6 +18,8 @@ SMOLLM2_DIR = REPO_ROOT / "models" / "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHISPER_DIR = REPO_ROOT / "models" / "whisper-tiny-en"
 OCR_DIR = REPO_ROOT / "models" / "ocr"
+MINILM_DIR = REPO_ROOT / "models" / "all-minilm-l6-v2"
+PIPER_DIR = REPO_ROOT / "models" / "piper-en-us"
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 MEDIA_MAX_INPUT_BYTES = 2_000_000  # the media entries' limit in the integration app (413 above)
 
@@ -40,8 +42,9 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None = None) -> dict[str, Any]:
-    """The app every integration test talks to: a real LLM, fake engines, a broken model."""
+def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None = None,
+                         lora_dirs: dict[str, Path] | None = None, cross_encoder: Path | None = None) -> dict[str, Any]:
+    """The app every integration test talks to: a real LLM (with LoRA adapters), embeddings, fake engines, a broken model."""
     echo = lambda model_id, deployment, **kwargs: {  # noqa: E731
         "model_loading_config": {"model_id": model_id, "model_source": "none", "type": "FAKE_ECHO"},
         "deployment_config": {"name": deployment, "ray_actor_options": {"num_cpus": 0.1}},
@@ -50,11 +53,19 @@ def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None 
     return {
         "engine_modules": ["tests.fake_engines", *(["tests.fake_vllm"] if importlib.util.find_spec("vllm") else [])],
         "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0, "performance": {"http_port": http_port}},
+        "pools": {"smollm2": {"max_loaded": 2}},
         "llm_configs": [
             {
                 "model_loading_config": {"model_id": "smollm2-135m-instruct", "model_source": str(smollm2), "type": "TRANSFORMERS"},
                 "deployment_config": {"name": "smollm2", "ray_actor_options": {"num_cpus": 0.3}},
                 "engine_kwargs": {"gguf_file": SMOLLM2_GGUF, "dtype": "float32", "max_batch_size": 8},
+                "lora_adapters": [{"adapter_id": a, "source": str(d)} for a, d in (lora_dirs or {}).items()],
+                "pin": True,
+            },
+            {   # the README's swap example: an on-demand model in the same pool (loaded by the docs test)
+                "model_loading_config": {"model_id": "smollm2-135m-bf16", "model_source": str(smollm2), "type": "TRANSFORMERS"},
+                "deployment_config": {"name": "smollm2"}, "load": "on_demand",
+                "engine_kwargs": {"gguf_file": SMOLLM2_GGUF, "dtype": "bfloat16", "max_batch_size": 8},
             },
             echo("echo-a", "echo-shared", prefix="a:"),
             {**echo("org/echo-b", "echo-shared", prefix="b:"), "deployment_config": {"name": "echo-shared"}},
@@ -70,6 +81,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None 
             {**echo("echo-tight", "echo-tight"), "deployment_config": {
                 "name": "echo-tight", "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 1, "max_queued_requests": 1}},
             *media_entries(),
+            *embedding_entries(cross_encoder),
             *fake_vllm_entries(),
         ],
     }
@@ -114,7 +126,31 @@ def media_entries() -> list[dict[str, Any]]:
             vision={"backend": "rapidocr", "model_source": str(OCR_DIR), "num_threads": 2},
             audio={"backend": "faster_whisper", "model_source": str(WHISPER_DIR), "num_threads": 2},
         ),
+        tts_entry(),
     ]
+
+
+def embedding_entries(cross_encoder: Path | None) -> list[dict[str, Any]]:
+    """Real all-MiniLM-L6-v2 (as the demo serves it) and a tiny random cross-encoder, in one replica."""
+    entries: list[dict[str, Any]] = [{
+        "model_loading_config": {"model_id": "all-minilm-l6-v2", "model_source": str(MINILM_DIR), "type": "EMBEDDING"},
+        "deployment_config": {"name": "embeddings", "ray_actor_options": {"num_cpus": 0.2}},
+        "engine_kwargs": {"num_threads": 1},
+    }]
+    if cross_encoder is not None:
+        entries.append({
+            "model_loading_config": {"model_id": "tiny-cross-encoder", "model_source": str(cross_encoder), "type": "EMBEDDING"},
+            "deployment_config": {"name": "embeddings"},
+            "engine_kwargs": {"mode": "cross_encoder", "truncate": False, "num_threads": 1},
+        })
+    return entries
+def tts_entry() -> dict[str, Any]:
+    """Real Piper voice "joe" in the media replica; no noise, so the same text always gives the same samples."""
+    return {
+        "model_loading_config": {"model_id": "piper-en-us", "model_source": str(PIPER_DIR), "type": "TTS"},
+        "deployment_config": {"name": "media"},
+        "engine_kwargs": {"voices": {"joe": "en_US-joe-medium.onnx"}, "num_threads": 2, "noise_scale": 0, "noise_w_scale": 0},
+    }
 
 
 def fake_vllm_entries() -> list[dict[str, Any]]:
@@ -159,8 +195,15 @@ def deploy_app(args: dict[str, Any], name: str, route_prefix: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import build_tiny_cross_encoder
+
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))
+
+
+@pytest.fixture(scope="session")
 def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int,
-              direct_ports: dict[str, int]) -> Iterator[str]:
+              direct_ports: dict[str, int], tiny_cross_encoder_dir: Path) -> Iterator[str]:
     """Start Ray, deploy the integration app through ``vllm_host.build_app``, yield its base URL."""
     import ray
     from ray import serve
@@ -169,18 +212,71 @@ def serve_app(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory, metri
     port = free_port()
     ray.init(
         address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "RAY_worker_niceness": "0"}},
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "RAY_worker_niceness": "0",
+                                  # de-quantized GGUF copies (servers/generation/gguf_cache.py) stay in the session
+                                  "MODELHOST_MODEL_CACHE": str(tmp_path_factory.mktemp("model-cache"))}},
         _metrics_export_port=metrics_port,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deploy_app(integration_app_args(smollm2_dir, broken, direct_ports["main"]), name="default", route_prefix="/")
+        loras = smollm2_loras(tmp_path_factory.mktemp("loras"))
+        deploy_app(integration_app_args(smollm2_dir, broken, direct_ports["main"], loras, tiny_cross_encoder_dir),
+                   name="default", route_prefix="/")
         wait_until(lambda: httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 200, timeout=120)
         yield base_url
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def smollm2_loras(folder: Path) -> dict[str, Path]:
+    """Two LoRA adapters of the demo SmolLM2 (random, non-zero), as ``lora_adapters`` of the main app."""
+    from tests.tiny_models import SMOLLM2_SHAPES, build_lora
+
+    return {name: build_lora(folder / name, SMOLLM2_SHAPES, seed) for name, seed in (("terse", 1), ("wordy", 2))}
+
+
+POOL_MODELS = 6
+POOL_BUDGET_MB = 110  # each pool model is about 40 MB loaded: two fit, three do not
+POOL_SLACK_MB = 64  # allocator and KV-cache headroom above the budget the replica's RSS may show
+
+
+@pytest.fixture(scope="session")
+def pool_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Six different small Llamas (about 9.4M parameters each), real files loaded by TRANSFORMERS."""
+    from tests.tiny_models import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("pool-models")
+    return [build_tiny_llama(root / f"m{i}", seed=i + 1, hidden_size=512, intermediate_size=1536, num_hidden_layers=3)
+            for i in range(POOL_MODELS)]
+
+
+def pool_app_args(model_dirs: list[Path], broken_dir: Path) -> dict[str, Any]:
+    """A pool of six on-demand models (the first pinned) and a broken one, under a budget that holds two."""
+    def entry(model_id: str, source: Path, **fields: Any) -> dict[str, Any]:
+        return {"model_loading_config": {"model_id": model_id, "model_source": str(source), "type": "TRANSFORMERS"},
+                "deployment_config": {"name": "pool"}, "engine_kwargs": {"num_threads": 1, "max_batch_size": 4},
+                "load": "on_demand", **fields}
+
+    entries = [entry(f"pool-{i}", d, **({"pin": True} if i == 0 else {})) for i, d in enumerate(model_dirs)]
+    entries[1]["deployment_config"] = {"name": "pool", "ray_actor_options": {"num_cpus": 0.2}}
+    return {
+        "router_config": {"request_timeout_s": 120, "performance": {"http_port": None}},
+        "pools": {"pool": {"memory_budget": f"{POOL_BUDGET_MB}MB", "load_timeout_s": 60}},
+        "llm_configs": [*entries, entry("pool-broken", broken_dir)],
+    }
+
+
+@pytest.fixture(scope="session")
+def pool_app(serve_app: str, pool_model_dirs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``pool_app_args`` deployed beside the main app, under ``/pool``."""
+    broken = tmp_path_factory.mktemp("broken-pool-model")
+    (broken / "config.json").write_text("{not json")
+    deploy_app(pool_app_args(pool_model_dirs, broken), name="pool", route_prefix="/pool")
+    base_url = f"{serve_app}/pool"
+    wait_until(lambda: httpx.get(f"{base_url}/v1/health", timeout=10).status_code == 200, timeout=120)
+    return base_url
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ They load no model: never use them to claim anything about model behaviour.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 from typing import Any, AsyncIterator
 
@@ -23,12 +24,26 @@ class FakeEchoKwargs(BasePydantic):
     start_delay_s: float = Field(default=0.0, ge=0)
     fail_on_start: bool = False
     prefix: str = ""
+    hold_bytes: int = Field(default=0, ge=0, description="RAM the fake engine holds while loaded (for pool tests).")
+    token_delay_s: float = Field(default=0.0, ge=0, description="FAKE_CHAT: seconds per word when a request sets no delay_s "
+                                 "(OpenAI routes pass no such param), so its streams surely stay in flight.")
 
 
 class FakeEchoParams(BasePydantic):
     delay_s: float = Field(default=0.0, ge=0, le=60)
     repeat: int = Field(default=1, ge=1, le=10_000)
     fail_after: int | None = Field(default=None, ge=0, description="Raise an unexpected error after N chunks.")
+
+
+def _fresh_pages(size: int) -> mmap.mmap | None:
+    """``size`` bytes of resident memory in pages of its own (an anonymous map, every page touched), so
+    holding them grows the RSS by their size whatever the allocator kept from earlier tests."""
+    if not size:
+        return None
+    held = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        held[offset] = 1
+    return held
 
 
 @register_engine("FAKE_ECHO")
@@ -43,11 +58,22 @@ class FakeEchoEngine(BaseEngine):
         super().__init__(config, engine_config)
         self.chunks_sent = 0
         self.cancelled = 0
+        self.held: mmap.mmap | None = None
 
     async def start(self) -> None:
         await asyncio.sleep(self.engine_config.start_delay_s)
         if self.engine_config.fail_on_start:
             raise RuntimeError("fake engine configured to fail on start")
+        self.held = _fresh_pages(self.engine_config.hold_bytes)
+
+    async def stop(self) -> None:
+        if self.held is not None:
+            self.held.close()  # munmap: the pages go back to the kernel at once
+        self.held = None
+
+    @classmethod
+    def estimate_footprint(cls, config: Any, engine_config: FakeEchoKwargs) -> int | None:
+        return engine_config.hold_bytes or None
 
     async def infer(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         if not isinstance(call.input, str):
@@ -100,9 +126,10 @@ class FakeChatEngine(TextGenerationEngine):
         self.calls[call.endpoint] = [type(call).__qualname__, type(call.params).__qualname__]
         text = call.input[-1]["content"] if isinstance(call.input, list) else str(call.input)
         words = text.split(" ")[: call.params.max_tokens]
+        delay_s = call.params.delay_s or self.engine_config.token_delay_s
         for i, word in enumerate(words):
-            if call.params.delay_s:
-                await asyncio.sleep(call.params.delay_s)
+            if delay_s:
+                await asyncio.sleep(delay_s)
             yield {"text": word if i == 0 else " " + word, "finish_reason": None}
         usage = {"prompt_tokens": len(text.split(" ")), "completion_tokens": len(words), "total_tokens": len(text.split(" ")) + len(words)}
         yield {"text": "", "finish_reason": "stop", "usage": usage}

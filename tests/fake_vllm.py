@@ -47,6 +47,10 @@ class FakeAsyncLLM:
         self.aborted: list[str] = []
         self.dead = False
         self.shut_down = False
+        self.sleeps: list[int] = []
+        self.wake_ups = 0
+        self.sleeping = False
+        self.rpcs: list[str] = []
 
     def get_tokenizer(self) -> FakeCharTokenizer:
         return FakeCharTokenizer()
@@ -55,6 +59,8 @@ class FakeAsyncLLM:
         """Echo the prompt's characters (cycling) until ``max_tokens``, one delta per token."""
         from vllm.exceptions import VLLMValidationError
 
+        if self.sleeping:
+            raise RuntimeError("fake: generate() on a sleeping engine")
         self.calls.append({"prompt": prompt, "sampling_params": sampling_params, "request_id": request_id, **kwargs})
         ids = list(prompt["prompt_token_ids"])
         max_tokens = sampling_params.max_tokens
@@ -71,6 +77,25 @@ class FakeAsyncLLM:
         except (asyncio.CancelledError, GeneratorExit):
             await self.abort(request_id)
             raise
+
+    async def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        self.sleeps.append(level)
+        self.sleeping = True
+
+    async def wake_up(self, tags: list[str] | None = None) -> bool:
+        self.wake_ups += 1
+        self.sleeping = False
+        return True
+
+    def is_sleeping(self) -> bool:
+        return self.sleeping
+
+    async def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (), kwargs: dict | None = None) -> list:
+        self.rpcs.append(method)
+        return []
+
+    async def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        return True
 
     async def abort(self, request_id: str | list[str], internal: bool = False) -> None:
         self.aborted.append(str(request_id))

@@ -192,3 +192,68 @@ def test_each_environment_variable_overrides_its_one_field_and_docs_list_them(tm
     documented = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     rows = set(re.findall(r"^\| `(MODELHOST_[A-Z_]+)` \| `(router_config\.[a-z_.]+)` \|", documented, flags=re.M))
     assert rows == {(name, field_label(path)) for name, path in ENV_OVERRIDES.items()}
+
+
+# -- pools ---------------------------------------------------------------------------------------
+def pool_member(model_id: str, size_bytes: int, tmp_path: Path, **fields: Any) -> dict[str, Any]:
+    """A TRANSFORMERS entry whose model file is ``size_bytes`` on disk (what the estimate reads)."""
+    folder = tmp_path / model_id
+    folder.mkdir(exist_ok=True)
+    (folder / "model.safetensors").write_bytes(b"\0" * size_bytes)
+    return {"model_loading_config": {"model_id": model_id, "model_source": str(folder), "type": "TRANSFORMERS"},
+            "deployment_config": {"name": "pool"}, "load": "on_demand", **fields}
+
+
+def test_a_budget_smaller_than_a_model_fails_naming_the_entry(tmp_path: Path) -> None:
+    entries = [pool_member("small", 1_000_000, tmp_path), pool_member("big", 3_000_000, tmp_path)]
+    message = load_error(write_config(tmp_path, entries, pools={"pool": {"memory_budget": "2MB"}}))
+    assert "llm_configs[1] (model_id 'big'): needs about 3 MB" in message and "pools.pool.memory_budget" in message
+    assert "'small'" not in message
+
+
+def test_a_pool_must_name_a_deployment_and_set_a_limit(tmp_path: Path) -> None:
+    entries = [pool_member("a", 10, tmp_path)]
+    message = load_error(write_config(tmp_path, entries, pools={"pol": {"max_loaded": 1}}))
+    assert "pools.pol: no llm_configs entry has deployment_config.name 'pol'; deployments: pool" in message
+    message = load_error(write_config(tmp_path, entries, pools={"pool": {}}))
+    assert "args.pools.pool: Value error, a pool needs memory_budget, gpu_memory_budget or max_loaded" in message
+
+
+def test_pinned_models_must_fit_their_pool(tmp_path: Path) -> None:
+    entries = [pool_member(m, 10, tmp_path, pin=True) for m in ("a", "b")]
+    message = load_error(write_config(tmp_path, entries, pools={"pool": {"max_loaded": 1}}))
+    assert "pools.pool: 2 pinned models but max_loaded is 1" in message
+
+
+def test_load_policy_fields_are_checked(tmp_path: Path) -> None:
+    entries = [pool_member("a", 10, tmp_path, keep_alive="5 minutes"),
+               pool_member("b", 10, tmp_path, pin=True, keep_alive="5m"),
+               pool_member("c", 10, tmp_path, load="lazy")]
+    message = load_error(write_config(tmp_path, entries, pools={"pool": {"max_loaded": 1}}))
+    assert "llm_configs[0] (model_id 'a'): keep_alive" in message and "not a duration" in message
+    assert "llm_configs[1] (model_id 'b')" in message and "a pinned model is never unloaded" in message
+    assert "llm_configs[2] (model_id 'c'): load" in message
+
+
+def test_adapters_need_an_engine_that_loads_them(tmp_path: Path) -> None:
+    adapters = [{"adapter_id": "x", "source": str(tmp_path)}]
+    message = load_error(write_config(tmp_path, [entry("ocr", "VISION", lora_adapters=adapters)]))
+    assert "llm_configs[0] (model_id 'ocr'): lora_adapters: engine VISION does not load LoRA adapters" in message
+@pytest.mark.parametrize(("yaml_value", "env_value", "mode"), [
+    (True, None, "text"), (False, None, False), ("json", None, "json"), (None, "json", "json"), (True, "false", False),
+])
+def test_log_requests_takes_a_mode_and_keeps_true_and_false(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yaml_value: object, env_value: str | None, mode: object) -> None:
+    import vllm_host
+
+    router_config = {} if yaml_value is None else {"log_requests": yaml_value}
+    path = write_config(tmp_path, [entry("picked")], router_config=router_config)
+    if env_value is not None:
+        monkeypatch.setenv("MODELHOST_LOG_REQUESTS", env_value)
+    loaded = load_app_config({"config_path": str(path)}, default_path="nope.yaml")
+    assert loaded.router.log_requests == mode
+    encoding = vllm_host.deployment_options(loaded.models, loaded.router.log_requests)["logging_config"].get("encoding")
+    assert encoding == ("JSON" if mode == "json" else None)  # every replica's Serve log is JSON in json mode
+    monkeypatch.setenv("MODELHOST_LOG_REQUESTS", "xml")
+    with pytest.raises(ConfigError, match=r"router_config.log_requests: .*MODELHOST_LOG_REQUESTS"):
+        load_app_config({"config_path": str(path)}, default_path="nope.yaml")

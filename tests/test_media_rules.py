@@ -166,11 +166,13 @@ def test_default_config_lists_the_demo_models_with_their_types() -> None:
 
     models = vllm_host.load_multi_model_config(str(REPO_ROOT / "model_config.yaml"))
     listed = [vllm_host._index_entry(m) for m in models]  # what the router's /v1/models is built from
-    assert [(m["model_id"], m["type"]) for m in listed] == [
-        ("smollm2-135m-instruct", "TRANSFORMERS"), ("whisper-tiny-en", "AUDIO"), ("ocr", "VISION"), ("video", "VIDEO"),
-    ]
-    assert all(m["deployment_config"]["ray_actor_options"]["num_cpus"] <= 0.5 for m in listed)
-    assert Path(models[1].model_loading_config.model_source, "model.bin").exists(), "run `make models`"
+    types = {m["model_id"]: m["type"] for m in listed}
+    assert {("smollm2-135m-instruct", "TRANSFORMERS"), ("smollm2-135m-bf16", "TRANSFORMERS"), ("smollm2-135m-raw", "TRANSFORMERS"),
+            ("whisper-tiny-en", "AUDIO"), ("ocr", "VISION"), ("video", "VIDEO"), ("all-minilm-l6-v2", "EMBEDDING")} <= set(types.items())
+    sized = [m["deployment_config"]["ray_actor_options"] for m in listed if "ray_actor_options" in m["deployment_config"]]
+    assert sized and all(options["num_cpus"] <= 0.5 for options in sized)
+    whisper = next(m for m in models if m.model_id == "whisper-tiny-en")
+    assert Path(whisper.model_loading_config.model_source, "model.bin").exists(), "run `make models`"
 
 
 def test_engine_modules_import_no_heavy_library() -> None:
@@ -182,7 +184,8 @@ def test_engine_modules_import_no_heavy_library() -> None:
 
     heavy = ("torch", "av", "faster_whisper", "ctranslate2", "rapidocr_onnxruntime", "transformers", "PIL", "numpy", "onnxruntime")
     code = (
-        "import sys, servers.audio_engine, servers.vision_engine, servers.video_engine; "
+        "import sys, servers.audio_engine, servers.vision_engine, servers.video_engine, servers.embedding_engine, "
+        "serve.router.endpoints.embeddings; "
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

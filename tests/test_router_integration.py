@@ -52,7 +52,7 @@ def test_models_lists_every_entry_with_config_and_status(client: httpx.Client) -
     assert models["smollm2-135m-instruct"]["type"] == "TRANSFORMERS"
     assert models["smollm2-135m-instruct"]["engine_kwargs"]["gguf_file"].endswith(".gguf")
     assert models["echo-a"]["deployment_config"]["name"] == "echo-shared"
-    assert {m["status"] for m in models.values()} <= {"ready", "loading", "failed"}
+    assert {m["status"] for m in models.values()} <= {"ready", "loading", "failed", "unloaded"}
 
 
 def test_shared_deployment_hosts_two_models_in_one_replica(client: httpx.Client) -> None:

@@ -190,7 +190,8 @@ def test_engine_factory_and_life_cycle_calls_exist_on_async_llm() -> None:
     assert inspect.iscoroutinefunction(AsyncLLM.check_health) and inspect.iscoroutinefunction(AsyncLLM.abort)
     assert not inspect.iscoroutinefunction(AsyncLLM.shutdown) and callable(AsyncLLM.get_tokenizer)
     # the fake mimics the methods the engine calls, with the same leading parameters
-    for name in ("generate", "abort", "check_health", "shutdown", "get_tokenizer"):
+    for name in ("generate", "abort", "check_health", "shutdown", "get_tokenizer", "sleep", "wake_up", "collective_rpc",
+                 "reset_prefix_cache"):
         real = list(inspect.signature(getattr(AsyncLLM, name)).parameters)
         fake = [p for p, v in inspect.signature(getattr(FakeAsyncLLM, name)).parameters.items() if v.kind is not v.VAR_KEYWORD]
         assert real[: len(fake)] == fake, name
@@ -377,3 +378,63 @@ def test_engines_on_one_gpu_start_one_at_a_time_and_others_concurrently(
 
     asyncio.run(scenario())
     assert SlowStartEngine.peak == expected_peak
+
+
+# -- pools: sleep mode and LoRA adapters -------------------------------------------------------
+def pool_entry(model_id: str, **fields: Any) -> MultiModelConfig:
+    entry = vllm_entry(model_id, **fields.pop("engine_kwargs", {}))
+    entry["model_loading_config"]["type"] = "FAKE_VLLM"
+    return MultiModelConfig.model_validate({**entry, "load": "on_demand", **fields})
+
+
+async def ask(server: MultiModelServer, model_id: str, adapter: str | None = None) -> str:
+    call = ModelCall("r", model_id, INFER, "abc", LLMParams(max_tokens=3, raw_prompt=True), adapter=adapter)
+    return "".join([c["text"] async for c in server.call(call)])
+
+
+@pytest.mark.parametrize("level, reloads", [(1, []), (2, ["reload_weights"])])
+def test_an_evicted_engine_with_sleep_mode_sleeps_and_a_request_wakes_it(level: int, reloads: list[str]) -> None:
+    from configs.pool_models import PoolConfig
+
+    async def scenario() -> None:
+        sleepy = {"enable_sleep_mode": True, "sleep_level": level}
+        server = MultiModelServer([pool_entry("a", engine_kwargs=sleepy), pool_entry("b")], PoolConfig(max_loaded=1))
+        assert await ask(server, "a") == "abc"
+        engine = server.models["a"].engine
+        await ask(server, "b")  # evicts a: asleep, not stopped
+        assert engine.engine.sleeps == [level] and not engine.engine.shut_down and server.models["a"].sleeping
+        assert server.describe()[0]["status"] == "unloaded" and server.describe()[0]["sleeping"]
+        assert await ask(server, "a") == "abc"  # evicts b (stopped: no sleep mode), wakes a
+        assert server.models["a"].engine is engine and engine.engine.wake_ups == 1 and engine.engine.rpcs == reloads
+        assert server.models["b"].engine is None
+
+    asyncio.run(scenario())
+
+
+def test_sleep_calls_bind_to_the_installed_vllm() -> None:
+    inspect.signature(AsyncLLM.sleep).bind(object(), level=2)
+    inspect.signature(AsyncLLM.collective_rpc).bind(object(), "reload_weights")
+    assert all(inspect.iscoroutinefunction(getattr(AsyncLLM, m)) for m in ("sleep", "wake_up", "reset_prefix_cache"))
+
+
+def test_a_request_for_an_adapter_passes_a_lora_request(tmp_path: Path) -> None:
+    from vllm.lora.request import LoRARequest
+
+    async def scenario() -> None:
+        adapters = [{"adapter_id": "sql", "source": str(tmp_path)}, {"adapter_id": "chat", "source": str(tmp_path)}]
+        server = MultiModelServer([pool_entry("m", engine_kwargs={"enable_lora": True}, lora_adapters=adapters)])
+        await ask(server, "m", adapter="chat")
+        request = server.models["m"].engine.engine.calls[-1]["lora_request"]
+        assert isinstance(request, LoRARequest) and (request.lora_name, request.lora_int_id) == ("chat", 2)
+        inspect.signature(AsyncLLM.generate).bind(object(), **server.models["m"].engine.engine.calls[-1])
+
+    asyncio.run(scenario())
+
+
+def test_adapters_without_enable_lora_fail_the_load_with_a_clear_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = MultiModelServer([pool_entry("m", lora_adapters=[{"adapter_id": "x", "source": str(tmp_path)}])])
+        with pytest.raises(Exception, match="enable_lora"):
+            await ask(server, "m", adapter="x")
+
+    asyncio.run(scenario())

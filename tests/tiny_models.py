@@ -6,6 +6,8 @@ Their outputs are junk: tests assert contracts (shapes, determinism, batching eq
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
@@ -19,8 +21,9 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_llama(target: Path, dtype: str = "float32") -> Path:
-    """A 2-layer Llama with a byte-level BPE tokenizer trained on a few sentences."""
+def build_tiny_llama(target: Path, dtype: str = "float32", seed: int = 0, hidden_size: int = 64,
+                     intermediate_size: int = 128, num_hidden_layers: int = 2) -> Path:
+    """A small Llama (2 layers of width 64 unless told) with a byte-level BPE tokenizer trained on a few sentences."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -38,12 +41,71 @@ def build_tiny_llama(target: Path, dtype: str = "float32") -> Path:
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(target)
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=tokenizer.eos_token_id,
     )
     model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(target)
+    return target
+
+
+# The attention shapes of the demo SmolLM2-135M (a LoRA for it needs only these).
+SMOLLM2_SHAPES = SimpleNamespace(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30,
+                                 head_dim=64)
+
+
+def build_lora(target: Path, base_config: Any, seed: int, rank: int = 4, scale: float = 0.2) -> Path:
+    """A PEFT LoRA folder on ``q_proj``/``v_proj`` with random non-zero A and B (trained LoRAs have
+    non-zero B), written without loading the base model: only its config's shapes are needed."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    hidden = base_config.hidden_size
+    head_dim = getattr(base_config, "head_dim", None) or hidden // base_config.num_attention_heads
+    outputs = {"q_proj": base_config.num_attention_heads * head_dim, "v_proj": base_config.num_key_value_heads * head_dim}
+    tensors = {}
+    for layer in range(base_config.num_hidden_layers):
+        for module, out in outputs.items():
+            key = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=generator) * scale
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out, rank, generator=generator) * scale
+    save_file(tensors, str(target / "adapter_model.safetensors"))
+    (target / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank * 4, "lora_dropout": 0.0,
+        "target_modules": list(outputs), "bias": "none", "base_model_name_or_path": None, "inference_mode": True,
+    }))
+    return target
+
+
+CROSS_ENCODER_WORDS = sorted({w for line in CORPUS for w in line.split()} | {"what", "where", "who", "a", "of"})
+
+
+def build_tiny_cross_encoder(target: Path) -> Path:
+    """A 2-layer BERT with one output label (a relevance logit) and a WordPiece vocabulary of the
+    corpus' words: the shape of a real reranker (e.g. ms-marco MiniLM cross-encoders), random weights."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    target.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = specials + letters + [f"##{c}" for c in letters] + CROSS_ENCODER_WORDS
+    (target / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast.from_pretrained(target, model_max_length=64)
+    tokenizer.save_pretrained(target)
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=64, num_labels=1, pad_token_id=0,
+    )
+    BertForSequenceClassification(config).save_pretrained(target)
     return target

@@ -15,6 +15,8 @@ SECTIONS: dict[str, str] = {
     "llm": "bench.sections.llm",
     "media": "bench.sections.media",
     "coldstart": "bench.sections.coldstart",
+    "swap": "bench.sections.swap",
+    "embeddings": "bench.sections.embeddings",
     "structured": "bench.sections.structured",
 }
 

@@ -17,6 +17,10 @@ sends a ``ModelCall`` there and reads back the same chunk batches the handle wou
 from typing import Any
 
 
-def channel_allowed(deployment_config: dict[str, Any]) -> bool:
-    """A deployment the channel may serve: one whose replica count Ray's autoscaler does not set."""
-    return not deployment_config.get("autoscaling_config")
+def channel_allowed(deployment_config: dict[str, Any], on_demand: bool = False) -> bool:
+    """A deployment the channel may serve: one whose replica count Ray's autoscaler does not set, and
+    not a deployment of on-demand models with several replicas (Ray's multiplexed routing sends each
+    request to a replica that holds its model)."""
+    if deployment_config.get("autoscaling_config"):
+        return False
+    return not (on_demand and deployment_config.get("num_replicas", 1) != 1)

@@ -19,6 +19,7 @@ from serve.channel.paths import socket_dir, socket_path
 from serve.channel.server import ChannelServer
 from serve.deployments.coalesce import coalesce
 from serve.deployments.model_host import host_models, replica_info
+from serve.deployments.pool_events import ReplicaPoolEvents
 from servers.base_engine import Chunk
 
 logger = logging.getLogger(__name__)
@@ -26,15 +27,28 @@ logger = logging.getLogger(__name__)
 
 class MultiModelDeployment:
     async def __init__(self, llm_configs: list[dict[str, Any]], engine_modules: list[str], stream_interval_s: float,
-                       channel: ChannelOptions | None = None) -> None:
-        self._server = host_models(llm_configs, engine_modules)
+                       channel: ChannelOptions | None = None, pool: dict[str, Any] | None = None) -> None:
+        on_demand = any(c.get("load") == "on_demand" for c in llm_configs)
+        self._server = host_models(llm_configs, engine_modules, pool, ReplicaPoolEvents(report_to_router=on_demand))
         self._stream_interval_s = stream_interval_s
         self._channel_options = channel
         self._channel = await _start_channel(self._batches, channel) if channel is not None else None
 
     async def get_config(self) -> dict[str, Any]:
         """Metadata for the router's discovery: models with live status, and where they run."""
-        return {**replica_info(), "models": self._server.describe()}
+        return {**replica_info(), "models": self._server.describe(), "pool": self._server.describe_pool()}
+
+    async def load_model(self, model_id: str) -> dict[str, Any]:
+        """Admin: load ``model_id`` now (``POST /v1/models/{id}/load``)."""
+        return self._server_answer(await self._server.load_model(model_id))
+
+    async def unload_model(self, model_id: str) -> dict[str, Any]:
+        """Admin: unload ``model_id`` once its requests are done (``POST /v1/models/{id}/unload``)."""
+        return self._server_answer(await self._server.unload_model(model_id))
+
+    @staticmethod
+    def _server_answer(model: dict[str, Any]) -> dict[str, Any]:
+        return {**model, "replica": replica_info()}
 
     async def call(self, call: ModelCall) -> AsyncIterator[list[Chunk]]:
         """Every request's entry point: lists of chunks, one Ray message per list.
@@ -107,7 +121,9 @@ def error_chunk(exc: Exception, call: ModelCall) -> Chunk:
     """The chunk that carries a failure across the Ray hop (rebuilt by ``common.errors.error_from_dict``)."""
     if isinstance(exc, ServingError):
         return {"error": exc.to_dict(), "status_code": exc.status_code}
-    logger.error("request %s for model '%s' failed", call.request_id, call.model_id, exc_info=exc)
+    # the router's request id, also a key of the line under Ray's JSON log encoding (log_requests: json)
+    logger.error("request %s for model '%s' failed", call.request_id, call.model_id, exc_info=exc,
+                 extra={"request_id": call.request_id, "model": call.model_id, "error_type": "internal_error"})
     return {
         "error": {"type": "internal_error", "message": f"internal error (request id {call.request_id})", "param": None},
         "status_code": 500,

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from configs.infer_models import HealthResponse, ReadyResponse
 from serve.router.auth import ApiKeyMiddleware
 from serve.router.endpoints.base import EndpointRoute
-from serve.router.http_errors import install_error_handlers, response_for_exception
+from serve.router.http_errors import as_serving_error, install_error_handlers, response_for_exception
 from serve.router.middleware import RequestContextMiddleware, cors, route_path
 from serve.router.openapi import ERROR_RESPONSES
 
@@ -47,6 +47,10 @@ def documented_api(router: "MultiModelRouter") -> FastAPI:
         api.add_api_route(route.path, _serve(router, route), methods=["POST"], summary=route.summary,
                           openapi_extra=route.openapi_body(), response_model=None, responses=ERROR_RESPONSES)
     api.add_api_route("/v1/models", router.list_models, methods=["GET"], responses=ERROR_RESPONSES)
+    for action, method in (("load", router.load_model), ("unload", router.unload_model)):
+        api.add_api_route(f"/v1/models/{{model_id:path}}/{action}", _admin(router, method), methods=["POST"],
+                          summary=f"Admin: {action} a model (behind the API key when keys are set)",
+                          responses=ERROR_RESPONSES, name=f"{action}_model")
     api.add_api_route("/v1/models/{model_id:path}", router.model_info, methods=["GET"], responses=ERROR_RESPONSES)
     health_responses = {**ERROR_RESPONSES, 503: {"model": HealthResponse, "description": "Some model is not ready"}}
     api.add_api_route("/v1/health", router.health, methods=["GET"], response_model=HealthResponse, responses=health_responses)
@@ -55,6 +59,19 @@ def documented_api(router: "MultiModelRouter") -> FastAPI:
         api.add_api_route(path, router.ready, methods=["GET"], response_model=ReadyResponse, responses=ready_responses)
     install_error_handlers(api)
     return api
+
+
+def _admin(router: "MultiModelRouter", method: Callable[[str], Awaitable[dict[str, Any]]]) -> Callable[..., Awaitable[Any]]:
+    async def endpoint(model_id: str) -> dict[str, Any]:
+        try:
+            return await method(model_id)
+        except Exception as exc:
+            error = as_serving_error(exc, model_id)
+            if error is not None and error is not exc:
+                raise error from None
+            raise
+
+    return endpoint
 
 
 def _serve(router: "MultiModelRouter", route: EndpointRoute) -> Callable[[Request], Awaitable[Response]]:

@@ -62,9 +62,11 @@ def response_for_exception(scope: dict[str, Any], exc: Exception) -> JSONRespons
 def as_serving_error(exc: BaseException, model_id: str) -> ServingError | None:
     """Ray's failures on a model call in the error contract's terms; None for what is not a client
     error (cancellation, or a bug: answered 500 by ``response_for_exception``)."""
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, ServingError):  # raised by a replica's method
+        return exc.cause
     if isinstance(exc, ServingError):
         return exc
     if isinstance(exc, BackPressureError):

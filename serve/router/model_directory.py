@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -21,7 +22,7 @@ from common.constants import ROUTER_DEPLOYMENT_NAME
 from common.errors import InvalidRequestError, ModelNotReadyError, NotFoundError
 from serve.router.backends import ModelBackend
 from serve.router.replica_counts import ReplicaCounts, Replicas
-from servers.base_engine import Chunk, served_endpoints
+from servers.base_engine import BaseEngine, Chunk, served_endpoints
 from servers.registry import get_engine_class
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class ModelEntry:
     engine_kwargs: dict[str, Any]
     deployment_config: dict[str, Any]
     request_timeout_s: float | None = None
+    load: str = "eager"
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ModelHandle:
     params_model: type[BaseModel]
     backend: ModelBackend
     directory: "ModelDirectory"
+    adapter: str | None = None  # a LoRA adapter of the model, named '<model_id>:<adapter_id>' or by its id
 
     def call(self, call: ModelCall) -> AsyncIterator[Chunk]:
         """The backend's chunks; a remote model that loses every replica while the call waits for its
@@ -69,16 +73,24 @@ class ModelDirectory:
         self.scales_to_zero = {e.deployment for e in entries if _min_replicas(e) == 0}
         engines = {e.model_id: get_engine_class(e.type) for e in entries}
         self.handles = {
-            e.model_id: ModelHandle(e, served_endpoints(engines[e.model_id]), engines[e.model_id].params_model,
+            e.model_id: ModelHandle(e, _served(engines[e.model_id], e), engines[e.model_id].params_model,
                                     backends[e.deployment], self)
             for e in entries
         }
+        self.adapters = _adapter_handles(self.handles)
 
     def get(self, model_id: str, param: str = "model_id") -> ModelEntry:
         return self.handle(model_id, param).entry
 
     def handle(self, model_id: str, param: str = "model_id") -> ModelHandle:
-        handle = self.handles.get(model_id)
+        handle = self.handles.get(model_id) or self.adapters.get(model_id)
+        base, _, adapter = model_id.rpartition(":")
+        if handle is None and base in self.handles:
+            known = self.handles[base].entry.adapters
+            raise NotFoundError(
+                f"model '{base}' has no adapter '{adapter}'; its adapters: {', '.join(known) or 'none'}",
+                param=param, code="adapter_not_found", available=list(known),
+            )
         if handle is None:
             raise NotFoundError(
                 f"model '{model_id}' not found; available: {', '.join(sorted(self.entries))}",
@@ -166,10 +178,20 @@ class ModelDirectory:
             logger.warning("discovery of deployment %s failed: %s", deployment, exc)
             return self._fallback(deployment, "failed", f"deployment unavailable: {type(exc).__name__}: {exc}"[:500])
         found = {}
+        pool = info.get("pool")
         for model in info.get("models", []):
             model = {**model, "replica": {k: info.get(k) for k in ("pid", "node_id", "cuda_visible_devices")}}
+            if pool is not None:
+                model["pool"] = {"name": deployment, **pool}
             found[model["model_id"]] = model
         return found
+
+    async def admin(self, method: str, model_id: str) -> dict[str, Any]:
+        """Load or unload a model on its deployment (``load_model`` / ``unload_model``)."""
+        handle = self.handle(model_id)
+        if handle.adapter is not None:
+            raise InvalidRequestError(f"'{model_id}' is an adapter: it loads with its first request", param="model_id")
+        return await handle.backend.admin(method, handle.entry.model_id)
 
     def _fallback(self, deployment: str, status: str, error: str | None) -> dict[str, dict[str, Any]]:
         return {
@@ -190,9 +212,17 @@ class ModelDirectory:
             "engine_kwargs": entry.engine_kwargs,
             "deployment_config": entry.deployment_config,
             "endpoints": list(endpoints),
-            **{k: live[k] for k in ("load_seconds", "stats", "replica") if k in live},
+            "load": entry.load,
+            "adapters": list(entry.adapters),
+            **{k: v for k, v in live.items() if k not in ("model_id", "type", "status", "error", "load")},
             **({"replicas": replicas.as_dict()} if replicas is not None else {}),
         }
+
+
+def _served(engine_cls: type[BaseEngine], entry: ModelEntry) -> tuple[str, ...]:
+    """What the entry's model answers: its engine's methods, less those its ``engine_kwargs`` turn off
+    (validated when the config was loaded, so this cannot fail here)."""
+    return served_endpoints(engine_cls, engine_cls.config_model.model_validate(entry.engine_kwargs))
 
 
 def _min_replicas(entry: ModelEntry) -> int | None:
@@ -202,3 +232,17 @@ def _min_replicas(entry: ModelEntry) -> int | None:
         return int(auto.get("min_replicas", 1))
     replicas = entry.deployment_config.get("num_replicas")
     return replicas if isinstance(replicas, int) else None
+
+
+def _adapter_handles(handles: dict[str, ModelHandle]) -> dict[str, ModelHandle]:
+    """'<model_id>:<adapter_id>' for every adapter, and the bare adapter id where no model or other
+    adapter takes it (as vLLM and Ray Serve LLM name LoRA models)."""
+    out: dict[str, ModelHandle] = {}
+    bare: dict[str, list[ModelHandle]] = {}
+    for handle in handles.values():
+        for adapter in handle.entry.adapters:
+            named = dataclasses.replace(handle, adapter=adapter)
+            out[f"{handle.entry.model_id}:{adapter}"] = named
+            bare.setdefault(adapter, []).append(named)
+    out.update({a: hs[0] for a, hs in bare.items() if len(hs) == 1 and a not in handles and a not in out})
+    return out

@@ -22,7 +22,7 @@ from ray import serve
 
 from common.call import ModelCall
 from common.constants import ROUTER_DEPLOYMENT_NAME
-from common.errors import OverloadedError
+from common.errors import OverloadedError, ServingError
 from common.logs import use_serve_log_handlers
 from configs.server_models import RouterConfig
 from serve.channel import channel_allowed
@@ -40,7 +40,7 @@ from serve.router.metrics import RequestRecord, RouterMetrics
 from serve.router.model_directory import ModelDirectory, ModelEntry, ModelHandle
 from serve.router.ray_proxy import ray_proxy_port
 from serve.router.replica_counts import ReplicaCounts, current_app_name
-from serve.router.streaming import collect, sse_response
+from serve.router.streaming import collect
 from servers.base_engine import Chunk
 from servers.registry import import_engine_modules
 
@@ -56,7 +56,7 @@ class MultiModelRouter:
         import_engine_modules(engine_modules)  # the directory reads each engine's params and endpoints
         self.config = RouterConfig.model_validate(router_config)
         self.created = int(time.time())
-        entries = [ModelEntry(**e) for e in model_entries]
+        entries = [ModelEntry(**{**e, "adapters": tuple(e.get("adapters", ()))}) for e in model_entries]
         counts = ReplicaCounts(current_app_name(), timeout_s=self.config.discovery_timeout_s)
         backends = self._remote_backends(handles, entries, counts)
         self.in_router = host_models(in_router_configs, engine_modules) if in_router_configs else None
@@ -71,12 +71,19 @@ class MultiModelRouter:
     def _remote_backends(self, handles: dict[str, Any], entries: list[ModelEntry], counts: ReplicaCounts) -> dict[str, ModelBackend]:
         """A backend per model deployment; those the local channel may serve get it (``serve/channel/``)."""
         channel = ChannelClient(socket_dir()) if self.config.performance.local_channel else None
-        configs = {e.deployment: e.deployment_config for e in entries}
-        return {
-            name: RemoteBackend(handle, channel if channel and channel_allowed(configs.get(name, {})) else None,
-                                functools.partial(counts.running_ids, name))
-            for name, handle in handles.items()
-        }
+        configs: dict[str, dict[str, Any]] = {}
+        on_demand: set[str] = set()
+        for e in entries:  # entries sharing a deployment set its options on one of them
+            configs[e.deployment] = {**configs.get(e.deployment, {}), **e.deployment_config}
+            if e.load == "on_demand":
+                on_demand.add(e.deployment)
+        backends: dict[str, ModelBackend] = {}
+        for name, handle in handles.items():
+            allowed = channel_allowed(configs.get(name, {}), name in on_demand)
+            backends[name] = RemoteBackend(handle, channel if channel and allowed else None,
+                                           functools.partial(counts.running_ids, name),
+                                           multiplexed=name in on_demand and not allowed)
+        return backends
 
     def __serve_build_asgi_app__(self) -> Any:
         """The app Ray Serve runs on its port (``serve.ingress()`` without an app asks for it)."""
@@ -85,19 +92,26 @@ class MultiModelRouter:
     # -- the request path ---------------------------------------------------------------------
     async def serve_route(self, route: EndpointRoute, request: Request) -> Response:
         """Every POST endpoint's one handler: body -> model -> ModelCall -> chunks -> answer."""
-        body = await route.parse(request)
-        model = self.directory.resolve(route.model_id(body), route.path, route.model_param)
-        timeout = model.entry.request_timeout_s or self.config.request_timeout_s
-        call = build_call(route, body, model, request.scope["state"]["request_id"], timeout)
-        chunks = self._chunks(model, call)
+        record = RequestRecord(request.scope["state"]["request_id"], None, route.path)
+        try:
+            body = await route.parse(request)
+            model = self.directory.resolve(route.model_id(body), route.path, route.model_param)
+            timeout = model.entry.request_timeout_s or self.config.request_timeout_s
+            call = build_call(route, body, model, record.request_id, timeout)
+        except ServingError as err:  # refused before any model ran: logged, not counted (no model label)
+            record.failed(err.status_code, err.error_type)
+            record.report(self.metrics)
+            raise
+        record.model, record.streamed = call.model_id, call.stream
+        chunks = self._chunks(record, model, call)
         if call.stream:
-            return await sse_response(chunks, timeout, route.encoder(call, body))
+            return await route.stream_response(chunks, timeout, call, body)
         return route.render(await collect(chunks, timeout), call, body)
 
-    async def _chunks(self, model: ModelHandle, call: ModelCall) -> AsyncIterator[Chunk]:
+    async def _chunks(self, record: RequestRecord, model: ModelHandle, call: ModelCall) -> AsyncIterator[Chunk]:
         """The model's chunks, metered; Ray's failures become the error contract's errors. Closing this
         generator (client gone, deadline passed) cancels the call in the engine."""
-        record = RequestRecord(call.request_id, call.model_id, call.endpoint, streamed=call.stream)
+        self.metrics.in_flight(call.model_id, 1)
         try:
             async with contextlib.aclosing(model.call(call)) as chunks:
                 async for chunk in chunks:
@@ -106,19 +120,26 @@ class MultiModelRouter:
         except BaseException as exc:
             error = as_serving_error(exc, call.model_id)
             # 499: the client went away, or the deadline passed (the generator was closed or cancelled)
-            record.status = error.status_code if error else 500 if isinstance(exc, Exception) else 499
+            if error is not None:
+                record.failed(error.status_code, error.error_type)
+            else:
+                record.failed(*((500, "internal_error") if isinstance(exc, Exception) else (499, "cancelled")))
             record.rejected = isinstance(error, OverloadedError)
             if error is not None and error is not exc:
                 raise error from None
             raise
         finally:
+            self.metrics.in_flight(call.model_id, -1)
             record.report(self.metrics)
 
     # -- status -------------------------------------------------------------------------------
     async def list_models(self) -> dict[str, Any]:
         """Every model with its live status, in our shape (``models``) and OpenAI's (``object``/``data``)."""
         models = await self.directory.describe_all()
-        return {"object": "list", "data": [self._model_card(m) for m in models], "models": models}
+        cards = [self._model_card(m) for m in models]
+        cards += [{**self._model_card({"model_id": f"{m['model_id']}:{a}"}), "parent": m["model_id"]}
+                  for m in models for a in m.get("adapters", [])]
+        return {"object": "list", "data": cards, "models": models}
 
     async def model_info(self, model_id: str) -> dict[str, Any]:
         model = await self.directory.describe(model_id)
@@ -126,6 +147,14 @@ class MultiModelRouter:
 
     def _model_card(self, model: dict[str, Any]) -> dict[str, Any]:
         return {"id": model["model_id"], "object": "model", "created": self.created, "owned_by": "modelhost"}
+
+    async def load_model(self, model_id: str) -> dict[str, Any]:
+        """Admin: load a model now (an on-demand model, or a failed one again)."""
+        return await self.directory.admin("load_model", model_id)
+
+    async def unload_model(self, model_id: str) -> dict[str, Any]:
+        """Admin: unload a model once its requests in flight are done; 409 for a pinned model."""
+        return await self.directory.admin("unload_model", model_id)
 
     async def health(self) -> JSONResponse:
         """200 when every model is ready (or scaled to zero by config), 503 otherwise; per-model status in the body."""
@@ -169,6 +198,7 @@ class MultiModelRouter:
         return listener
 
 
-SERVING = ("ready", "scaled_to_zero")  # statuses that count as healthy: a scaled-to-zero model wakes on a request
+# statuses that count as healthy: a scaled-to-zero model wakes on a request, an unloaded one loads on it
+SERVING = ("ready", "scaled_to_zero", "unloaded")
 
 RouterIngress = serve.ingress()(MultiModelRouter)

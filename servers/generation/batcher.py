@@ -57,6 +57,7 @@ class GenerationJob:
     cancelled: bool = False
     generated: int = 0
     constraint: TokenConstraint | None = None  # None: sampled from the model's logits as they are
+    adapter: str | None = None  # a LoRA adapter loaded in the model (peft), or the base model
 
 
 @dataclass
@@ -80,6 +81,8 @@ class ContinuousBatcher:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._worker: Future[None] | None = None
+        self._between_steps: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
+        self.uses_adapters = False  # the model is a peft model: every forward names each row's adapter
         self.generated_tokens = 0
         self.finished_requests = 0
 
@@ -92,6 +95,23 @@ class ContinuousBatcher:
         with self._cond:
             self._pending.append(job)
             self._cond.notify()
+
+    def between_steps(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the decoding thread between two steps (to change the model, e.g. load an
+        adapter, while no forward pass runs); its result or error arrives in the future."""
+        future: Future[Any] = Future()
+        with self._cond:
+            self._between_steps.append((fn, future))
+            self._cond.notify()
+        return future
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:  # only from a between_steps function
+        self._model = model
 
     def cancel(self, job: GenerationJob) -> None:
         job.cancelled = True  # read by the worker at the next step
@@ -121,14 +141,23 @@ class ContinuousBatcher:
                 admitted = self._wait_for_work()
                 if admitted is None:
                     return
+                self._run_between_steps()
                 if admitted:
                     self._guarded(self._prefill, admitted)
                 if self._rows:
                     self._guarded(self._decode_step, None)
 
+    def _run_between_steps(self) -> None:
+        while self._between_steps:
+            fn, future = self._between_steps.popleft()
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # noqa: BLE001 - the caller gets it
+                future.set_exception(exc)
+
     def _wait_for_work(self) -> list[GenerationJob] | None:
         with self._cond:
-            while not self._stopping and not self._pending and not self._rows:
+            while not self._stopping and not self._pending and not self._rows and not self._between_steps:
                 self._cond.wait()
             if self._stopping:
                 for job in [*self._pending, *(r.job for r in self._rows)]:
@@ -163,7 +192,8 @@ class ContinuousBatcher:
             ids[i, longest - n:] = torch.tensor(job.prompt_ids, dtype=torch.long)
             mask[i, longest - n:] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                          **self._adapter_kwargs(jobs))
         rows = [_Row(job=job, next_token=-1, length=len(job.prompt_ids)) for job in jobs]
         logits = out.logits[:, -1]
         _constrain(jobs, logits)
@@ -187,6 +217,7 @@ class ContinuousBatcher:
             past_key_values=self._cache,
             use_cache=True,
             logits_to_keep=1,
+            **self._adapter_kwargs([r.job for r in self._rows]),
         )
         self._cache = out.past_key_values
         logits = out.logits[:, -1, :]
@@ -200,6 +231,12 @@ class ContinuousBatcher:
             if not self._advance(row, logits[i], greedy[i] if greedy else None):
                 finished.append(i)
         self._drop(finished)
+
+    def _adapter_kwargs(self, jobs: list[GenerationJob]) -> dict[str, Any]:
+        """peft's mixed-adapter batches: each row runs through its own LoRA (or none) in one forward."""
+        if not self.uses_adapters:
+            return {}
+        return {"adapter_names": [job.adapter or "__base__" for job in jobs]}
 
     def _advance(self, row: _Row, logits: torch.Tensor, token: int | None = None) -> bool:
         """Sample the row's next token and stream it; return False when the row is done."""

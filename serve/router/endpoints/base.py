@@ -22,7 +22,7 @@ from configs.structured_models import CONSTRAINT_FIELDS
 from serve.router.model_directory import ModelHandle
 from serve.router.openapi import document_json_body
 from serve.router.request_body import parse_json_body
-from serve.router.streaming import EventEncoder
+from serve.router.streaming import Chunks, EventEncoder, sse_response
 
 
 class EndpointRoute(ABC):
@@ -51,6 +51,10 @@ class EndpointRoute(ABC):
         """SSE events for a streamed call (families that cannot stream never set ``stream``)."""
         raise NotImplementedError
 
+    async def stream_response(self, chunks: Chunks, timeout: float, call: ModelCall, body: Any) -> Response:
+        """The answer to a streamed call: SSE events from ``encoder`` (a family streaming raw bytes overrides it)."""
+        return await sse_response(chunks, timeout, self.encoder(call, body))
+
     def openapi_body(self) -> dict[str, Any]:
         """The request body as ``/openapi.json`` documents it."""
         return document_json_body(self.body_model)
@@ -62,7 +66,7 @@ def build_call(route: EndpointRoute, body: Any, model: ModelHandle, request_id: 
     return ModelCall(
         request_id=request_id, model_id=model.entry.model_id, endpoint=route.path, input=model_input,
         params=validate_params(model.params_model, params, route.params_prefix), stream=stream,
-        deadline=time.time() + timeout_s,
+        deadline=time.time() + timeout_s, adapter=model.adapter,
     )
 
 

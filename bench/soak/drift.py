@@ -1,0 +1,114 @@
+"""Resource drift of the platform's processes across a soak: RSS, open file descriptors, threads, and the
+asyncio tasks of each Serve replica's event loops (Ray Serve's ``ray_serve_event_loop_tasks`` gauge).
+
+Samples are taken every few seconds from the run's own process tree (``/proc`` through psutil) and from
+Ray's metrics endpoint. Drift compares the first sample at or after the baseline time (minute 2 of a full
+run: start-up and warm-up caches settled) with the last one, per process; a process that the faults
+restarted (a new pid under the same title) is compared from its own first sample after the baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.processes import own_processes
+
+logger = logging.getLogger(__name__)
+
+TASKS_METRIC = re.compile(r'^ray_serve_event_loop_tasks\{([^}]*)\} ([0-9.e+-]+)$', re.M)
+
+
+def title(proc: psutil.Process) -> str:
+    """What the process is: Ray's title for workers (``ray::ServeReplica:default:ocr-deployment``), else its name."""
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return "?"
+    first = cmdline[0] if cmdline else proc.name()
+    if first.startswith("ray::"):
+        return first.split(" ")[0]
+    return proc.name()
+
+
+@dataclass
+class Sample:
+    t_s: float
+    rss_mib: float
+    fds: int
+    threads: int
+
+
+@dataclass
+class Drift:
+    root_pid: int
+    t0: float
+    metrics_url: str | None
+    processes: dict[tuple[str, int], list[Sample]] = field(default_factory=lambda: defaultdict(list))
+    tasks: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+
+    async def run(self, interval_s: float, until_s: float) -> None:
+        while time.monotonic() - self.t0 < until_s:
+            await asyncio.to_thread(self.sample)
+            await self.sample_tasks()
+            await asyncio.sleep(interval_s)
+
+    def sample(self) -> None:
+        now = time.monotonic() - self.t0
+        for pid in own_processes(self.root_pid):
+            try:
+                proc = psutil.Process(pid)
+                with proc.oneshot():
+                    sample = Sample(now, proc.memory_info().rss / 2**20, proc.num_fds(), proc.num_threads())
+                self.processes[(title(proc), pid)].append(sample)
+            except psutil.Error:
+                continue
+
+    async def sample_tasks(self) -> None:
+        if self.metrics_url is None:
+            return
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                text = (await client.get(self.metrics_url)).text
+        except httpx.HTTPError:
+            return
+        now = time.monotonic() - self.t0
+        for labels, value in TASKS_METRIC.findall(text):
+            fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            if fields.get("component") == "replica" and fields.get("deployment"):
+                key = f"{fields['deployment']} {fields.get('loop_type', '')} {fields.get('actor_id', '')[:8]}"
+                self.tasks[key].append((now, float(value)))
+
+    def report(self, baseline_s: float) -> dict[str, Any]:
+        """Per process: first sample at or after ``baseline_s`` vs the last; restarted processes marked."""
+        rows = []
+        for (name, pid), samples in sorted(self.processes.items()):
+            later = [s for s in samples if s.t_s >= baseline_s]
+            if len(later) < 2:
+                continue
+            first, last = later[0], later[-1]
+            rows.append({
+                "process": name, "pid": pid, "from_s": round(first.t_s, 1), "to_s": round(last.t_s, 1),
+                "started_after_baseline": samples[0].t_s > baseline_s,  # a replacement (a fault restarted it)
+                "rss_mib": [round(first.rss_mib, 1), round(last.rss_mib, 1)], "rss_drift_pct": _pct(first.rss_mib, last.rss_mib),
+                "fds": [first.fds, last.fds], "fd_drift_pct": _pct(first.fds, last.fds),
+                "threads": [first.threads, last.threads],
+            })
+        tasks = []
+        for key, points in sorted(self.tasks.items()):
+            later = [v for t, v in points if t >= baseline_s]
+            if len(later) >= 2:
+                tasks.append({"loop": key, "tasks": [later[0], later[-1]], "max": max(later)})
+        return {"baseline_s": baseline_s, "processes": rows, "event_loop_tasks": tasks}
+
+
+def _pct(first: float, last: float) -> float | None:
+    return round(100.0 * (last - first) / first, 1) if first else None

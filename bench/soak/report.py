@@ -1,0 +1,97 @@
+"""The soak's accounting: every request's outcome, by kind and by phase, failures inside and outside the
+fault windows, recovery per fault and resource drift, as ``bench/results/soak[.quick].json`` and a
+Markdown table beside it (``soak[.quick].md``)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.soak.client import COMPLETED, FAILED_ERROR, FAILED_VISIBLE, LOST_OUTCOME, OUTCOMES, RETRIED, RequestResult
+from bench.soak.faults import FaultResult
+
+NOT_LOAD = ("capacity", "warmup")  # requests that measure, not requests of the soak
+
+
+def account(results: list[RequestResult], faults: list[FaultResult], end_s: float) -> dict[str, Any]:
+    load = [r for r in results if r.phase not in NOT_LOAD]
+    windows = [f.window(end_s) for f in faults]
+
+    def in_window(r: RequestResult) -> bool:
+        return any(start <= r.ended_s and r.started_s <= until for start, until in windows)
+
+    by_kind: dict[str, Counter[str]] = defaultdict(Counter)
+    by_phase: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in load:
+        by_kind[r.kind][r.outcome] += 1
+        by_phase[r.phase][r.outcome] += 1
+    failed = (FAILED_VISIBLE, FAILED_ERROR, LOST_OUTCOME)
+    outside = [r for r in load if r.outcome in failed and not in_window(r)]
+    lost = [r for r in load if r.outcome == LOST_OUTCOME]
+    return {
+        "totals": {"requests": len(load), **{o: sum(r.outcome == o for r in load) for o in OUTCOMES}},
+        "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
+        "by_phase": {k: dict(v) for k, v in sorted(by_phase.items())},
+        "failures_outside_fault_windows": {o: sum(r.outcome == o for r in outside) for o in failed},
+        "fault_windows_s": [[round(a, 1), round(b, 1)] for a, b in windows],
+        "lost_examples": [r.summary() for r in lost[:25]],
+        "failed_outside_examples": [r.summary() for r in outside[:25]],
+    }
+
+
+def drift_summary(drift: dict[str, Any]) -> dict[str, Any]:
+    """The largest RSS and fd drift among processes that lived through the whole measured span."""
+    steady = [p for p in drift["processes"] if not p["started_after_baseline"]]
+    worst = lambda key: max(steady, key=lambda p: abs(p[key] or 0), default=None)  # noqa: E731
+    out: dict[str, Any] = {}
+    for key in ("rss_drift_pct", "fd_drift_pct"):
+        row = worst(key)
+        out[f"max_{key}"] = None if row is None else {"process": row["process"], "pid": row["pid"], "value": row[key]}
+    return out
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    totals, acc = result["accounting"]["totals"], result["accounting"]
+    kind = "QUICK SMOKE RUN (60 s; not the full soak)" if result["quick"] else f"{result['duration_s'] / 60:.0f}-minute soak"
+    lines = [f"# Soak: {kind}", "",
+             f"Load: open loop at {result['load_rps']:.2f} requests/s = {result['fraction']:.0%} of the measured capacity "
+             f"({result['capacity_rps']:.2f} requests/s, closed loop, concurrency {result['capacity_concurrency']}); "
+             f"mix {result['mix']}. Machine load average at start {result['machine'].get('loadavg_at_start')}.", "",
+             "| requests | completed | retried and completed | failed, visible and retriable | failed, other error | lost |",
+             "|---|---|---|---|---|---|",
+             f"| {totals['requests']} | {totals[COMPLETED]} | {totals[RETRIED]} | {totals[FAILED_VISIBLE]} | "
+             f"{totals[FAILED_ERROR]} | {totals[LOST_OUTCOME]} |", "",
+             f"Failures outside the fault windows: {acc['failures_outside_fault_windows']}.", "",
+             "| fault | at (s of run time) | recovery (s) | detail |", "|---|---|---|---|"]
+    for fault in result["faults"]:
+        recovery = "not recovered" if fault["recovery_s"] is None else f"{fault['recovery_s']:.1f}"
+        lines.append(f"| {fault['name']} | {fault['at_s']:.1f} | {recovery} | {json.dumps(fault['detail'])[:160]} |")
+    for skipped in result["skipped_faults"]:
+        lines.append(f"| {skipped['name']} | — | — | skipped: {skipped['why']} |")
+    lines += ["", "| outcome by kind | " + " | ".join(OUTCOMES) + " |", "|---|" + "---|" * len(OUTCOMES)]
+    for name, counts in acc["by_kind"].items():
+        lines.append(f"| {name} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")
+    drift = result["drift"]
+    lines += ["", f"Resource drift from {drift['baseline_s']:.0f} s (run time) to the last sample, taken once every request "
+                  "had its answer (processes alive throughout): "
+                  f"{json.dumps(result['drift_summary'])}.", "",
+              "| process | pid | RSS MiB (from, to) | RSS drift % | fds (from, to) | threads (from, to) | replaced by a fault |",
+              "|---|---|---|---|---|---|---|"]
+    for p in sorted(drift["processes"], key=lambda p: -p["rss_mib"][1])[:20]:
+        lines.append(f"| {p['process']} | {p['pid']} | {p['rss_mib'][0]} → {p['rss_mib'][1]} | {p['rss_drift_pct']} | "
+                     f"{p['fds'][0]} → {p['fds'][1]} | {p['threads'][0]} → {p['threads'][1]} | {p['started_after_baseline']} |")
+    if drift["event_loop_tasks"]:
+        lines += ["", "| replica event loop | asyncio tasks (from, to) | max |", "|---|---|---|"]
+        lines += [f"| {t['loop']} | {t['tasks'][0]:.0f} → {t['tasks'][1]:.0f} | {t['max']:.0f} |" for t in drift["event_loop_tasks"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(out_dir: Path, result: dict[str, Any]) -> Path:
+    stem = "soak.quick" if result["quick"] else "soak"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(render_markdown(result))
+    return path

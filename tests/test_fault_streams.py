@@ -1,0 +1,85 @@
+"""A model replica SIGKILLed while four SSE streams run on it: each stream completes or ends with an error
+event in the error contract's shape (never a silent end), and the model serves again once Ray replaced it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import model_status, wait_ready, wait_until
+from tests.ops_app import ops_app, ops_client  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+
+SLOW = 0.05  # seconds per word: 200 words keep a stream running for ~10 s
+WORDS = " ".join(f"w{i}" for i in range(200))
+STREAMS = [
+    ("/v1/infer", {"model_id": "ops-echo", "input": WORDS, "stream": True, "params": {"delay_s": SLOW}}),
+    ("/v1/infer", {"model_id": "ops-echo", "input": WORDS, "stream": True, "params": {"delay_s": SLOW}}),
+    ("/v1/chat/completions", {"model": "ops-chat", "messages": [{"role": "user", "content": WORDS}], "stream": True,
+                              "max_tokens": 500}),  # ops-chat is slow by its engine_kwargs (OPS_CHAT_TOKEN_DELAY_S)
+    ("/v1/completions", {"model": "ops-chat", "prompt": WORDS, "stream": True, "max_tokens": 500}),
+]
+
+
+def finished(event: dict[str, Any]) -> bool:
+    return bool(event.get("finish_reason") or any(c.get("finish_reason") for c in event.get("choices", [])))
+
+
+async def read_stream(client: httpx.AsyncClient, path: str, body: dict[str, Any], started: asyncio.Event) -> list[Any]:
+    """The stream's data events as they came ([DONE] as the string), until the server ends it."""
+    events: list[Any] = []
+    async with client.stream("POST", path, json=body) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                events.append(data if data == "[DONE]" else json.loads(data))
+                if len(events) >= 2:
+                    started.set()
+    return events
+
+
+def outcome(events: list[Any]) -> str:
+    """``completed`` (a finish event, then [DONE]), ``error`` (a final error event, then [DONE]), else ``lost``."""
+    if len(events) < 2 or events[-1] != "[DONE]":
+        return "lost"
+    last = events[-2]
+    if "error" in last:
+        error = last["error"]
+        return "error" if {"type", "message", "param", "code"} <= set(error) and error["message"] else "lost"
+    return "completed" if finished(last) or any(finished(e) for e in events[:-1] if isinstance(e, dict)) else "lost"
+
+
+def test_replica_killed_with_four_streams_in_flight(ops_app: str, ops_client: httpx.Client) -> None:
+    wait_ready(ops_client, "ops-echo")
+    victim = model_status(ops_client, "ops-echo")["replica"]["pid"]
+
+    async def scenario() -> list[list[Any]]:
+        started = [asyncio.Event() for _ in STREAMS]
+        async with httpx.AsyncClient(base_url=ops_app, timeout=60) as client:
+            tasks = [asyncio.create_task(read_stream(client, path, body, ev)) for (path, body), ev in zip(STREAMS, started)]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), timeout=60)
+            os.kill(victim, signal.SIGKILL)  # every stream has events and more to come
+            return await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+
+    results = asyncio.run(scenario())
+    outcomes = [outcome(events) for events in results]
+    assert "lost" not in outcomes, results
+    assert "error" in outcomes  # the kill did land mid-stream
+    for events in results:
+        if outcome(events) == "error":
+            assert events[-2]["error"]["type"] == "model_not_ready"
+
+    def serves_again() -> bool:
+        answer = ops_client.post("/v1/infer", json={"model_id": "ops-echo", "input": "back again"})
+        return answer.status_code == 200 and answer.json()["text"] == "back again"
+
+    wait_until(serves_again, timeout=120, interval=0.5)
+    assert model_status(ops_client, "ops-echo")["replica"]["pid"] != victim
