@@ -76,7 +76,8 @@ async def measure(settings: RunSettings) -> dict[str, Any]:
             free_runs.append(await batch_run(model, settings, 0))
             mixed_runs.append(await batch_run(model, settings, 1))
             logger.info("free %s, mixed %s", free_runs[-1], mixed_runs[-1])
-        return {FREE: median_runs(free_runs), MIXED: median_runs(mixed_runs), "mask_ms": mask_cost_ms(model)}
+        return {FREE: median_runs(free_runs), MIXED: median_runs(mixed_runs), "mask_ms": mask_cost_ms(model),
+                "runs": {FREE: free_runs, MIXED: mixed_runs}}
 
 
 def run(settings: RunSettings) -> SectionOutput:
@@ -93,7 +94,21 @@ def build_table(raw: dict[str, Any]) -> Table:
     table.add("one mask per step, ms (fill + apply, timed alone)", {FREE: None, MIXED: mask})
     expected = round(free["step_ms"] / (free["step_ms"] + mask), 3) if free["step_ms"] else None
     table.add("tokens/s ratio the mask's cost predicts: step / (step + mask)", {FREE: None, MIXED: expected})
+    table.notes += spread_notes(raw["runs"])
     table.notes.append("Greedy, SmolLM2-135M float32, 2 torch threads, the platform's TransformersEngine called "
                        "in-process; the constrained stream's schema is a 400-800 character string, so it decodes "
                        "for every step of the run. Runs alternate between the two batches.")
     return table
+
+
+def spread_notes(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Min-max of each system's runs, and of the ratio within each alternating pair (drift hits a pair alike)."""
+    free, mixed = runs[FREE], runs[MIXED]
+    speeds = {k: [r["free_tok_s_per_stream"] for r in v] for k, v in runs.items()}
+    pairs = sorted(m["free_tok_s_per_stream"] / f["free_tok_s_per_stream"] for f, m in zip(free, mixed))
+    return [
+        f"Spread (min-max over {len(free)} runs each), unconstrained tokens/s per stream: " +
+        ", ".join(f"{k}: {min(v):.2f}-{max(v):.2f}" for k, v in speeds.items()),
+        f"Ratio within each pair of runs (mixed / baseline, run back to back): median "
+        f"{statistics.median(pairs):.2f}x, min-max {pairs[0]:.2f}-{pairs[-1]:.2f}x",
+    ]
