@@ -14,7 +14,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SECTION_ORDER = ["overhead", "llm", "media", "coldstart"]
+SECTION_ORDER = ["overhead", "llm", "media", "coldstart", "structured"]
 
 
 def result_path(out_dir: Path, section: str, profile: str) -> Path:

@@ -1,5 +1,7 @@
-"""Merging an engine's chunks into one answer: ``text`` deltas are concatenated, every other field
-keeps its last non-null value. Used by the deployment (unary calls) and the router alike."""
+"""Merging an engine's chunks into one answer: ``text`` deltas are concatenated, ``tool_calls``
+deltas are joined per call (OpenAI's streaming shape: ``index``, then ``id``/``type``/``name`` once
+and ``arguments`` in pieces), every other field keeps its last non-null value. Used by the
+deployment (unary calls) and the router alike."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class ChunkMerger:
         self._fields: dict[str, Any] = {}
         self._text: list[str] = []
         self._has_text = False
+        self._calls: dict[int, dict[str, Any]] = {}
 
     def add(self, chunk: dict[str, Any]) -> None:
         if HEARTBEAT in chunk:
@@ -30,7 +33,24 @@ class ChunkMerger:
         if "text" in chunk:
             self._has_text = True
             self._text.append(chunk["text"] or "")
-        self._fields.update({k: v for k, v in chunk.items() if k != "text" and v is not None})
+        for delta in chunk.get("tool_calls") or []:
+            self._add_call(delta)
+        self._fields.update({k: v for k, v in chunk.items() if k not in ("text", "tool_calls") and v is not None})
+
+    def _add_call(self, delta: dict[str, Any]) -> None:
+        index = int(delta["index"]) if "index" in delta else len(self._calls)  # no index: an already whole call
+        call = self._calls.setdefault(index, {"id": "", "type": "function",
+                                                                  "function": {"name": "", "arguments": ""}})
+        for key in ("id", "type"):
+            if delta.get(key):
+                call[key] = delta[key]
+        function = delta.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] = function["name"]
+        call["function"]["arguments"] += function.get("arguments") or ""
 
     def result(self) -> dict[str, Any]:
-        return {"text": "".join(self._text), **self._fields} if self._has_text else dict(self._fields)
+        out = {"text": "".join(self._text), **self._fields} if self._has_text else dict(self._fields)
+        if self._calls:
+            out["tool_calls"] = [self._calls[i] for i in sorted(self._calls)]
+        return out

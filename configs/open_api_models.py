@@ -18,10 +18,25 @@ class ContentPart(LenientPydantic):
     text: str | None = None
 
 
+class ToolCallFunction(LenientPydantic):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON string, as OpenAI sends them.")
+
+
+class MessageToolCall(LenientPydantic):
+    """A call an assistant message made earlier in the conversation (sent back with its results)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class OpenAIChatMessage(LenientPydantic):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(LenientPydantic):
@@ -67,6 +82,10 @@ class CompletionRequest(SamplingFields):
     echo: bool | None = False
     best_of: int | None = None
     suffix: str | None = None
+    # constrained output, as vLLM's completions API takes it (OpenAI's legacy API has none)
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
 
 
 class TranscriptionRequest(LenientPydantic):

@@ -14,12 +14,15 @@ import uuid
 from typing import Any, AsyncIterator
 
 from common.errors import EngineError, InvalidRequestError
-from configs.llm_models import LLMParams, TransformersEngineConfig
+from configs.llm_models import TransformersEngineConfig
+from configs.structured_models import ConstrainedLLMParams
 from common.call import ModelCall
 from servers.base_engine import TextGenerationEngine
 from servers.chat_prompt import encode_prompt, usage
 from servers.model_thread import model_executor, run_blocking
 from servers.registry import register_engine
+from servers.structured_output import OutputPlan, output_plan
+from servers.tool_calls import read_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ GGUF_BYTES_PER_WEIGHT = 0.5625  # Q4_0/Q4_1: 4.5 bits a weight with the block sc
 @register_engine("TRANSFORMERS")
 class TransformersEngine(TextGenerationEngine):
     config_model = TransformersEngineConfig
+    params_model = ConstrainedLLMParams  # response_format and tools are enforced with a grammar (xgrammar)
     engine_config: TransformersEngineConfig
 
     def __init__(self, config: Any, engine_config: TransformersEngineConfig) -> None:
@@ -38,6 +42,8 @@ class TransformersEngine(TextGenerationEngine):
         self.device = "cpu"
         self.max_model_len = 0
         self._batcher: Any = None
+        self._grammars: Any = None  # servers.generation.grammar.SchemaGrammars, made on the first constrained request
+        self._grammars_lock = asyncio.Lock()
         self._adapters: Any = None
         self._executor = model_executor(self.model_id)
 
@@ -129,26 +135,32 @@ class TransformersEngine(TextGenerationEngine):
             raise ValueError("the model defines no end-of-sequence token")
         return ids
 
-    async def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
-        """The model's tokens; a call naming a LoRA adapter runs through it, in the same batch."""
+    def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        """The model's tokens; tool calls are read from them when the request has tools."""
+        plan = output_plan(call.params)
+        return read_tool_calls(plan, self._adapted(call, plan))
+
+    async def _adapted(self, call: ModelCall, plan: OutputPlan) -> AsyncIterator[dict[str, Any]]:
+        """A call naming a LoRA adapter runs through it, in the same batch."""
         if call.adapter is None:
-            async for chunk in self._generate(call):
+            async for chunk in self._generate(call, plan):
                 yield chunk
             return
         if self._adapters is None:
             raise InvalidRequestError(f"model '{self.model_id}' has no adapters", param="model")
         async with self._adapters.use(call.adapter):
-            async for chunk in self._generate(call):
+            async for chunk in self._generate(call, plan):
                 yield chunk
 
-    async def _generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+    async def _generate(self, call: ModelCall, plan: OutputPlan) -> AsyncIterator[dict[str, Any]]:
         from servers.generation.batcher import GenerationJob, TokenEvent
         from servers.generation.detokenizer import IncrementalDetokenizer
         from servers.generation.sampling import SequenceSampler
 
-        params: LLMParams = call.params
-        prompt_ids = self._encode(call.input, params)
+        params: ConstrainedLLMParams = call.params
+        prompt_ids = self._encode(call.input, params, plan.tools)
         self._check_length(len(prompt_ids), params.max_tokens)
+        constraint = await self._constraint(plan)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
 
@@ -165,6 +177,7 @@ class TransformersEngine(TextGenerationEngine):
             sampler=SequenceSampler(params, prompt_ids, self._vocab_size()),
             detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
             emit=emit,
+            constraint=constraint,
             adapter=call.adapter,
         )
         self._batcher.submit(job)
@@ -186,9 +199,21 @@ class TransformersEngine(TextGenerationEngine):
             if not finished:
                 self._batcher.cancel(job)
 
-    def _encode(self, value: Any, params: LLMParams) -> list[int]:
-        return encode_prompt(self.tokenizer, value, model_id=self.model_id,
+    def _encode(self, value: Any, params: ConstrainedLLMParams, tools: list[dict[str, Any]] | None = None) -> list[int]:
+        return encode_prompt(self.tokenizer, value, model_id=self.model_id, tools=tools,
                              use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
+
+    async def _constraint(self, plan: OutputPlan) -> Any:
+        """The grammar mask for the plan's schema (None for free text); compiled off the event loop."""
+        if plan.schema is None:
+            return None
+        async with self._grammars_lock:
+            if self._grammars is None:
+                from servers.generation.grammar import SchemaGrammars
+
+                self._grammars = await asyncio.to_thread(SchemaGrammars, self.tokenizer, self._vocab_size(), self._eos_ids())
+        grammar = await asyncio.to_thread(self._grammars.compile, plan.schema, plan.schema_param)
+        return self._grammars.mask(grammar)
 
     def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
         if prompt_tokens >= self.max_model_len:
@@ -221,7 +246,8 @@ class TransformersEngine(TextGenerationEngine):
     def stats(self) -> dict[str, Any]:
         if self._batcher is None:
             return {}
-        return {**self._batcher.stats(), **(self._adapters.stats() if self._adapters is not None else {})}
+        return {**self._batcher.stats(), **(self._adapters.stats() if self._adapters is not None else {}),
+                **(self._grammars.stats() if self._grammars is not None else {})}
 
     def memory_bytes(self) -> int | None:
         """The weights and buffers in RAM (on a GPU the pool measures CUDA memory instead)."""

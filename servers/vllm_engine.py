@@ -20,11 +20,14 @@ from typing import Any, AsyncIterator
 
 from common.errors import InvalidRequestError, ServingError
 from configs.llm_models import LLMParams
+from configs.structured_models import ConstrainedLLMParams
 from configs.vllm_models import VLLMEngineConfig
 from common.call import ModelCall
 from servers.base_engine import TextGenerationEngine
 from servers.chat_prompt import encode_prompt, usage
 from servers.registry import register_engine
+from servers.structured_output import OutputPlan, output_plan
+from servers.tool_calls import read_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ def device_start_lock(devices: str) -> asyncio.Lock:
 @register_engine("VLLM")
 class VLLMEngine(TextGenerationEngine):
     config_model = VLLMEngineConfig
+    params_model = ConstrainedLLMParams  # response_format and tools go to vLLM's structured outputs
     engine_config: VLLMEngineConfig
 
     def __init__(self, config: Any, engine_config: VLLMEngineConfig) -> None:
@@ -123,13 +127,17 @@ class VLLMEngine(TextGenerationEngine):
         return self._lora_request(adapter)
 
     # -- requests -------------------------------------------------------------------------
-    async def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+    def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        plan = output_plan(call.params)
+        return read_tool_calls(plan, self._generate(call, plan))
+
+    async def _generate(self, call: ModelCall, plan: OutputPlan) -> AsyncIterator[dict[str, Any]]:
         from vllm.exceptions import GracefulHTTPError, VLLMClientError
 
         params: LLMParams = call.params
-        prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id,
+        prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id, tools=plan.tools,
                                    use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
-        kwargs = self._generate_kwargs(prompt_ids, params, call.request_id)
+        kwargs = self._generate_kwargs(prompt_ids, params, call.request_id, plan)
         if call.adapter is not None:
             kwargs["lora_request"] = self._lora_request(call.adapter)
         completion_tokens = 0
@@ -158,13 +166,14 @@ class VLLMEngine(TextGenerationEngine):
         finally:
             self._running -= 1
 
-    def _generate_kwargs(self, prompt_ids: list[int], params: LLMParams, request_id: str) -> dict[str, Any]:
+    def _generate_kwargs(self, prompt_ids: list[int], params: LLMParams, request_id: str,
+                         plan: OutputPlan | None = None) -> dict[str, Any]:
         """Arguments of ``AsyncLLM.generate`` (tests bind them to its real signature)."""
         from vllm.inputs import TokensPrompt
 
         return {
             "prompt": TokensPrompt(prompt_token_ids=prompt_ids),
-            "sampling_params": sampling_params(params),
+            "sampling_params": sampling_params(params, plan.schema if plan else None),
             # Unique even when a client reuses its x-request-id: vLLM keys requests by this id.
             "request_id": f"{request_id or 'req'}-{uuid.uuid4().hex[:12]}",
         }
@@ -183,14 +192,17 @@ class VLLMEngine(TextGenerationEngine):
         return {"running": self._running, "finished": self._finished, "aborted": self._aborted}
 
 
-def sampling_params(params: LLMParams) -> Any:
-    """vLLM ``SamplingParams`` for a request; vLLM's own validation errors become 400s."""
+def sampling_params(params: LLMParams, schema: dict[str, Any] | None = None) -> Any:
+    """vLLM ``SamplingParams`` for a request; vLLM's own validation errors become 400s.
+
+    ``schema`` (the ``OutputPlan``'s) goes to vLLM's structured outputs, which compiles and enforces it."""
     from vllm import SamplingParams
     from vllm.exceptions import VLLMClientError
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     try:
         return SamplingParams(
+            structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None,
             n=params.n,
             max_tokens=params.max_tokens,
             temperature=params.temperature,

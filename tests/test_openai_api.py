@@ -72,8 +72,8 @@ def test_text_completion_and_its_stream_agree(oai: openai.OpenAI) -> None:
     "kwargs, param",
     [
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"logprobs": True}, "logprobs"),
         ({"temperature": 5}, "temperature"),
     ],

@@ -17,6 +17,7 @@ SECTIONS: dict[str, str] = {
     "coldstart": "bench.sections.coldstart",
     "swap": "bench.sections.swap",
     "embeddings": "bench.sections.embeddings",
+    "structured": "bench.sections.structured",
 }
 
 

@@ -15,7 +15,7 @@ import logging
 import threading
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,16 @@ class TokenEvent:
     error: BaseException | None = None
 
 
+class TokenConstraint(Protocol):
+    """Restricts one sequence's next token (e.g. a grammar: ``servers.generation.grammar.GrammarMask``)."""
+
+    def apply(self, logits: torch.Tensor) -> None:
+        """Set the logits of forbidden tokens to -inf, in place (one row ``[vocab]``)."""
+
+    def accept(self, token: int) -> bool:
+        """Advance past the sampled token; False if it was not allowed."""
+
+
 @dataclass
 class GenerationJob:
     request_id: str
@@ -46,6 +56,7 @@ class GenerationJob:
     emit: Callable[[TokenEvent], None]
     cancelled: bool = False
     generated: int = 0
+    constraint: TokenConstraint | None = None  # None: sampled from the model's logits as they are
     adapter: str | None = None  # a LoRA adapter loaded in the model (peft), or the base model
 
 
@@ -184,7 +195,9 @@ class ContinuousBatcher:
         out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                           **self._adapter_kwargs(jobs))
         rows = [_Row(job=job, next_token=-1, length=len(job.prompt_ids)) for job in jobs]
-        keep = [i for i, row in enumerate(rows) if self._advance(row, out.logits[i, -1])]
+        logits = out.logits[:, -1]
+        _constrain(jobs, logits)
+        keep = [i for i, row in enumerate(rows) if self._advance(row, logits[i])]
         if keep:
             self._merge(out.past_key_values, mask, keep)
             self._rows.extend(rows[i] for i in keep)
@@ -208,6 +221,7 @@ class ContinuousBatcher:
         )
         self._cache = out.past_key_values
         logits = out.logits[:, -1, :]
+        _constrain([r.job for r in self._rows], logits)
         greedy = [int(t) for t in logits.argmax(dim=-1).tolist()] if all(
             r.job.sampler.is_plain_greedy for r in self._rows
         ) else None
@@ -229,6 +243,9 @@ class ContinuousBatcher:
         job = row.job
         if token is None:
             token = job.sampler.sample(logits.cpu() if logits.device.type != "cpu" else logits)
+        if job.constraint is not None and not job.constraint.accept(token):
+            job.emit(TokenEvent("", job.generated, "error", RuntimeError(f"sampled token {token} breaks the grammar")))
+            return False
         job.sampler.observe(token)
         job.generated += 1
         self.generated_tokens += 1
@@ -288,6 +305,13 @@ class ContinuousBatcher:
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index)[..., start:, :]
             layer.values = layer.values.index_select(0, index)[..., start:, :]
+
+
+def _constrain(jobs: list[GenerationJob], logits: torch.Tensor) -> None:
+    """Mask the logits rows of constrained sequences; the other rows are left exactly as they are."""
+    for i, job in enumerate(jobs):
+        if job.constraint is not None:
+            job.constraint.apply(logits[i])
 
 
 def _left_pad(kv: torch.Tensor, amount: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from common.call import ModelCall
 from common.errors import InvalidRequestError
 from configs.loader import format_validation_error
+from configs.structured_models import CONSTRAINT_FIELDS
 from serve.router.model_directory import ModelHandle
 from serve.router.openapi import document_json_body
 from serve.router.request_body import parse_json_body
@@ -70,6 +71,11 @@ def build_call(route: EndpointRoute, body: Any, model: ModelHandle, request_id: 
 
 
 def validate_params(params_model: type[BaseModel], params: dict[str, Any], prefix: str) -> BaseModel:
+    for name in CONSTRAINT_FIELDS:  # clearer than "unknown field" for engines that cannot constrain decoding
+        if name in params and name not in params_model.model_fields:
+            param = f"{prefix}.{name}" if prefix else name
+            raise InvalidRequestError(f"{param} is not supported by this model's engine: it cannot constrain "
+                                      "decoding (TRANSFORMERS and VLLM models can)", param=param, code="unsupported_parameter")
     try:
         return params_model.model_validate(params)
     except ValidationError as exc:
