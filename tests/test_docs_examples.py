@@ -1,7 +1,7 @@
 """The docs' curl examples run as written: every curl command in a ```bash block of README.md and
 docs/*.md, pointed at the integration app, exits 0 with an answer.
 
-A command is one logical shell line (lines ending in a backslash joined) that starts with ``curl`` or
+A command is one logical shell line (lines ending in a backslash, or inside an open quote, joined) that starts with ``curl`` or
 pipes into it (the media examples build their body with ``{ printf ...; base64 ...; } | curl ... -d @-``).
 A block that needs a GPU, a cluster or an API key is marked on the line before its opening fence with
 ``<!-- not run in tests: <reason> -->``; its commands are reported as skipped with that reason.
@@ -10,6 +10,7 @@ A block that needs a GPU, a cluster or an API key is marked on the line before i
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,18 @@ class CurlExample:
         return DOCS_ADDRESS.sub(base_url.rstrip("/"), self.command)
 
 
+def _continues(command: str) -> bool:
+    """Whether a shell command goes on past its last line: a trailing backslash, or a quote still open
+    (a JSON body written over several lines inside '...')."""
+    if command.rstrip().endswith("\\"):
+        return True
+    try:
+        shlex.split(command, comments=True)
+    except ValueError:  # "No closing quotation"
+        return True
+    return False
+
+
 def curl_examples(text: str, doc: str) -> list[CurlExample]:
     """Every curl command of the ```bash blocks of one markdown text."""
     examples: list[CurlExample] = []
@@ -67,7 +80,7 @@ def curl_examples(text: str, doc: str) -> list[CurlExample]:
             i += 1
             continue
         start, parts = i, [line]
-        while parts[-1].rstrip().endswith("\\") and i + 1 < len(lines) and not FENCE.match(lines[i + 1]):
+        while _continues("\n".join(parts)) and i + 1 < len(lines) and not FENCE.match(lines[i + 1]):
             i += 1
             parts.append(lines[i])
         command = "\n".join(parts).strip()

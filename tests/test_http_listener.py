@@ -31,7 +31,8 @@ def test_direct_port_answers_like_rays_port(client: httpx.Client, direct: httpx.
         wait_ready(client, model)
         body = {"model_id": model, "input": "same answer"}
         via_ray, via_direct = client.post("/v1/infer", json=body), direct.post("/v1/infer", json=body)
-        assert via_direct.status_code == 200 and via_direct.json() == via_ray.json()
+        assert via_ray.status_code == via_direct.status_code == 200, (model, via_ray.text, via_direct.text)
+        assert via_direct.json() == via_ray.json()
         with direct.stream("POST", "/v1/infer", json={**body, "stream": True}) as response:
             events = sse_events(response)
         assert "".join(e.get("text", "") for e in events[:-1]) == "same answer" and events[-1] == "[DONE]"

@@ -27,6 +27,9 @@ class FixedCounts(ReplicaCounts):
     def cached(self) -> dict[str, Replicas]:
         return self.counts
 
+    def recent(self) -> dict[str, Replicas]:
+        return self.counts
+
 
 class NeverCalled:
     """A deployment handle that fails the test if the router calls it."""

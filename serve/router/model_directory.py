@@ -122,7 +122,7 @@ class ModelDirectory:
         woken by the request instead."""
         if self.replica_counts is None or entry.deployment in self.scales_to_zero or entry.deployment == ROUTER_DEPLOYMENT_NAME:
             return False
-        counts = self.replica_counts.cached().get(entry.deployment)
+        counts = self.replica_counts.recent().get(entry.deployment)
         return bool(counts and counts.running == 0 and counts.target > 0 and entry.deployment in self.replica_counts.ever_running)
 
     async def watch_first_chunk(self, entry: ModelEntry, chunks: AsyncIterator[Chunk], poll_s: float = 1.0) -> AsyncIterator[Chunk]:

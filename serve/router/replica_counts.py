@@ -59,6 +59,14 @@ class ReplicaCounts:
             self._refresh = asyncio.get_running_loop().create_task(self.get())
         return self._counts
 
+    def recent(self) -> dict[str, Replicas]:
+        """``cached()`` when it was read within the TTL, else nothing known (and a refresh started).
+
+        For verdicts that refuse a request: counts read while a replica was being replaced must not
+        keep answering "no replica" after it is back, when no request came for a while."""
+        counts = self.cached()
+        return counts if time.monotonic() - self._fetched_at < self.ttl_s else {}
+
     async def _fetch(self) -> dict[str, Replicas]:
         if self.app_name is None:
             return {}
