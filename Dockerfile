@@ -10,6 +10,9 @@ FROM ${RAY_IMAGE}
 ARG TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 ARG EXTRAS=cloud
 
+# llama-cpp-python (LLAMA_CPP) compiles llama.cpp here: for any x86-64 with AVX2, not only the build machine's CPU
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+
 WORKDIR /home/ray/app
 COPY --chown=ray:users . .
 RUN if [ -n "$TORCH_SPEC" ]; then pip install --no-cache-dir $TORCH_SPEC; fi \

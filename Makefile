@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm==0.33.0
 export RAY_worker_niceness ?= 0
+# llama-cpp-python (the LLAMA_CPP engine) builds llama.cpp from source on first install: the library only, for this CPU
+export CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # What `make run` runs in the foreground and `make run-bg` in the background, e.g.
 # make run SERVE_CMD="$(VENV)/bin/serve run other_config.yaml"
 SERVE_CMD ?= $(VENV)/bin/serve run model_config.yaml

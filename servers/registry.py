@@ -26,6 +26,7 @@ BUILTIN_ENGINE_MODULES: dict[str, str] = {
     "VLLM": "servers.vllm_engine",
     "EMBEDDING": "servers.embedding_engine",
     "VLLM_EMBEDDING": "servers.vllm_embedding_engine",
+    "LLAMA_CPP": "servers.llama_cpp_engine",
 }
 
 

@@ -13,12 +13,13 @@ import os
 import uuid
 from typing import Any, AsyncIterator
 
-from common.errors import EngineError, InvalidRequestError
+from common.errors import InvalidRequestError
 from configs.llm_models import TransformersEngineConfig
 from configs.structured_models import ConstrainedLLMParams
 from common.call import ModelCall
 from servers.base_engine import TextGenerationEngine
-from servers.chat_prompt import encode_prompt, usage
+from servers.generation.token_events import TokenEvent, event_chunks, event_emitter
+from servers.chat_prompt import encode_prompt
 from servers.model_thread import model_executor, run_blocking
 from servers.registry import register_engine
 from servers.structured_output import OutputPlan, output_plan
@@ -153,7 +154,7 @@ class TransformersEngine(TextGenerationEngine):
                 yield chunk
 
     async def _generate(self, call: ModelCall, plan: OutputPlan) -> AsyncIterator[dict[str, Any]]:
-        from servers.generation.batcher import GenerationJob, TokenEvent
+        from servers.generation.batcher import GenerationJob
         from servers.generation.detokenizer import IncrementalDetokenizer
         from servers.generation.sampling import SequenceSampler
 
@@ -161,43 +162,20 @@ class TransformersEngine(TextGenerationEngine):
         prompt_ids = self._encode(call.input, params, plan.tools)
         self._check_length(len(prompt_ids), params.max_tokens)
         constraint = await self._constraint(plan)
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
-
-        def emit(event: TokenEvent) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the request's loop is gone; nobody is listening
-                pass
-
         job = GenerationJob(
             request_id=call.request_id or uuid.uuid4().hex,
             prompt_ids=prompt_ids,
             max_new_tokens=params.max_tokens,
             sampler=SequenceSampler(params, prompt_ids, self._vocab_size()),
             detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
-            emit=emit,
+            emit=event_emitter(events),
             constraint=constraint,
             adapter=call.adapter,
         )
         self._batcher.submit(job)
-        finished = False
-        try:
-            while not finished:
-                batch = [await events.get()]
-                while not events.empty():  # coalesce tokens that arrived meanwhile into one chunk
-                    batch.append(events.get_nowait())
-                last = batch[-1]
-                if last.error is not None:
-                    raise EngineError(f"generation failed: {type(last.error).__name__}: {last.error}")
-                finished = last.finish_reason is not None
-                chunk: dict[str, Any] = {"text": "".join(e.text for e in batch), "finish_reason": last.finish_reason}
-                if finished:
-                    chunk["usage"] = usage(len(prompt_ids), last.completion_tokens)
-                yield chunk
-        finally:
-            if not finished:
-                self._batcher.cancel(job)
+        async for chunk in event_chunks(events, len(prompt_ids), lambda: self._batcher.cancel(job)):
+            yield chunk
 
     def _encode(self, value: Any, params: ConstrainedLLMParams, tools: list[dict[str, Any]] | None = None) -> list[int]:
         return encode_prompt(self.tokenizer, value, model_id=self.model_id, tools=tools,

@@ -83,6 +83,7 @@ def integration_app_args(smollm2: Path, broken_dir: Path, http_port: int | None 
             *media_entries(),
             *embedding_entries(cross_encoder),
             *fake_vllm_entries(),
+            *llama_cpp_entries(smollm2, broken_dir),
         ],
     }
 
@@ -151,6 +152,19 @@ def tts_entry() -> dict[str, Any]:
         "deployment_config": {"name": "media"},
         "engine_kwargs": {"voices": {"joe": "en_US-joe-medium.onnx"}, "num_threads": 2, "noise_scale": 0, "noise_w_scale": 0},
     }
+
+
+GGUF_SLOTS = 2  # the LLAMA_CPP test model's parallel sequences
+
+
+def llama_cpp_entries(smollm2: Path, broken_dir: Path) -> list[dict[str, Any]]:
+    """The demo GGUF on LLAMA_CPP (llama.cpp, quantized) and a GGUF entry whose file is no model, in one replica."""
+    def entry(model_id: str, source: Path, gguf_file: str) -> dict[str, Any]:
+        return {"model_loading_config": {"model_id": model_id, "model_source": str(source), "type": "LLAMA_CPP"},
+                "deployment_config": {"name": "gguf", "ray_actor_options": {"num_cpus": 0.1}},
+                "engine_kwargs": {"gguf_file": gguf_file, "n_ctx": 1024, "n_parallel": GGUF_SLOTS, "num_threads": 1}}
+
+    return [entry("smollm2-gguf", smollm2, SMOLLM2_GGUF), entry("broken-gguf", broken_dir, "missing.gguf")]
 
 
 def fake_vllm_entries() -> list[dict[str, Any]]:

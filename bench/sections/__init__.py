@@ -18,6 +18,7 @@ SECTIONS: dict[str, str] = {
     "swap": "bench.sections.swap",
     "embeddings": "bench.sections.embeddings",
     "structured": "bench.sections.structured",
+    "gguf": "bench.sections.gguf",
 }
 
 

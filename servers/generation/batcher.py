@@ -22,18 +22,9 @@ import torch.nn.functional as F
 
 from servers.generation.detokenizer import IncrementalDetokenizer
 from servers.generation.sampling import SequenceSampler
+from servers.generation.token_events import TokenEvent
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenEvent:
-    """What a request receives after each step: a text delta and, at the end, why it ended."""
-
-    text: str
-    completion_tokens: int
-    finish_reason: str | None = None
-    error: BaseException | None = None
 
 
 class TokenConstraint(Protocol):

@@ -1,0 +1,183 @@
+"""gguf: the demo GGUF (SmolLM2-135M-Instruct, Q4_1) served three ways, greedy 64-token streams, 2 threads each.
+
+- the platform with ``type: LLAMA_CPP`` (llama.cpp's kernels, our continuous batching on its batch API);
+- the platform with ``type: TRANSFORMERS`` in bfloat16 and in float32 (the file de-quantized, PyTorch eager);
+- llama.cpp's own ``llama-server`` on the same file, same threads and as many parallel slots, when a binary is
+  found (``MODELHOST_BENCH_LLAMA_SERVER`` or ``llama-server`` on PATH; ``--jinja`` so it reads the file's chat
+  template): the peer our users would run instead.
+
+1, 8 and 32 concurrent streams (tokens/s, time to first token), a late joiner (a 9th stream started while 8
+generate), and the resident memory of the process holding the model after the runs. Ratios are against
+the platform's float32 TRANSFORMERS figure (what the demo served before LLAMA_CPP) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import os
+import shutil
+import subprocess
+from typing import Any, AsyncIterator
+
+from bench.launcher import Platform
+from bench.loadgen import check_loopback, session, sse_chunks
+from bench.models import LLM_ID, demo_router_config, demo_entries
+from bench.processes import LOG_DIR, bench_env, own_processes, start_group, stop_group, wait_http
+from bench.settings import RunSettings, SectionOutput
+from bench.stats import median_runs
+from bench.streams import StreamOpener, concurrent_streams, late_joiner, timed_stream
+from bench.table import Table
+from common.ports import free_port
+
+logger = logging.getLogger(__name__)
+
+PROMPT = "Write a long story about a brave knight and a dragon."
+CONCURRENCY = (1, 8, 32)
+LATE_RUNNING = 8
+THREADS = 2
+SLOTS = 16  # parallel sequences for LLAMA_CPP and llama-server (a 9th stream must find a free slot)
+CTX_PER_SLOT = 1024
+LLAMA, HF_BF16, HF_FP32, PEER = "platform LLAMA_CPP", "platform TRANSFORMERS bf16", "platform TRANSFORMERS fp32", "llama-server"
+
+
+def params(settings: RunSettings) -> dict[str, Any]:
+    return {"max_tokens": settings.size(8, 64), "temperature": 0}
+
+
+def gguf_entry(kind: str) -> dict[str, Any]:
+    """The demo SmolLM2 entry, alone in its deployment, on ``kind``: LLAMA_CPP, or TRANSFORMERS bfloat16/float32."""
+    [entry] = copy.deepcopy(demo_entries(LLM_ID))
+    entry.pop("pin", None)
+    entry.pop("load", None)
+    gguf = entry["engine_kwargs"]["gguf_file"]
+    entry["deployment_config"] = {"name": "gguf-bench", "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 64}
+    if kind == "LLAMA_CPP":
+        entry["model_loading_config"]["type"] = "LLAMA_CPP"
+        entry["engine_kwargs"] = {"gguf_file": gguf, "num_threads": THREADS, "n_parallel": SLOTS, "n_ctx": CTX_PER_SLOT}
+    else:
+        entry["model_loading_config"]["type"] = "TRANSFORMERS"
+        entry["engine_kwargs"] = {"gguf_file": gguf, "num_threads": THREADS, "dtype": kind, "max_batch_size": SLOTS}
+    return entry
+
+
+def replica_rss_mib(root_pid: int) -> float | None:
+    """The largest resident set among the model replicas of a ``serve run`` tree (the one holding the model)."""
+    import psutil
+
+    sizes = []
+    for pid in own_processes(root_pid):
+        try:
+            proc = psutil.Process(pid)
+            title = " ".join(proc.cmdline())
+            if "ServeReplica" in title and "gguf-bench" in title:
+                sizes.append(proc.memory_info().rss)
+        except psutil.Error:
+            continue
+    return round(max(sizes) / 2**20, 1) if sizes else None
+
+
+async def measure(open_stream: StreamOpener, settings: RunSettings) -> dict[str, Any]:
+    await timed_stream(open_stream)  # warm-up
+    out: dict[str, Any] = {}
+    for c in CONCURRENCY:
+        out[f"c{c}"] = median_runs([await concurrent_streams(open_stream, c) for _ in range(settings.repeats)])
+        logger.info("%d streams: %s", c, out[f"c{c}"])
+    out["late"] = median_runs([await late_joiner(open_stream, LATE_RUNNING) for _ in range(settings.repeats)])
+    return out
+
+
+def measure_platform(kind: str, settings: RunSettings) -> dict[str, Any]:
+    with Platform([gguf_entry(kind)], settings.profile, router_config=demo_router_config(), label=f"gguf-{kind}") as p:
+        body = {"model_id": LLM_ID, "input": PROMPT, "params": params(settings)}
+
+        async def go() -> dict[str, Any]:
+            async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
+                return await measure(lambda: sse_chunks(client, f"{p.base_url}/v1/infer", body), settings)
+
+        out = asyncio.run(go())
+        out["rss_mib"] = replica_rss_mib(p.proc.pid)
+    return out
+
+
+def llama_server_binary() -> str | None:
+    return os.environ.get("MODELHOST_BENCH_LLAMA_SERVER") or shutil.which("llama-server")
+
+
+async def openai_chunks(client: Any, url: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """An OpenAI chat stream as the section's chunks (``text`` deltas, ``usage`` on the last)."""
+    check_loopback(url)
+    async with client.post(url, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}: {(await response.read())[:300]!r}")
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                text = "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+                yield {"text": text, **({"usage": chunk["usage"]} if chunk.get("usage") else {})}
+
+
+def measure_llama_server(binary: str, settings: RunSettings) -> dict[str, Any]:
+    [entry] = demo_entries(LLM_ID)
+    gguf = os.path.join(entry["model_loading_config"]["model_source"], entry["engine_kwargs"]["gguf_file"])
+    port = free_port()
+    cmd = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-t", str(THREADS), "-tb", str(THREADS),
+           "-np", str(SLOTS), "-c", str(SLOTS * CTX_PER_SLOT), "--jinja", "--no-webui"]
+    log = LOG_DIR / f"llama-server-{port}.log"
+    proc = start_group(cmd, bench_env(), log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, 300)
+        p = params(settings)
+        body = {"model": LLM_ID, "messages": [{"role": "user", "content": PROMPT}], **p}
+
+        async def go() -> dict[str, Any]:
+            async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
+                return await measure(lambda: openai_chunks(client, f"http://127.0.0.1:{port}/v1/chat/completions", body), settings)
+
+        out = asyncio.run(go())
+        import psutil
+
+        out["rss_mib"] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
+        out["version"] = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.strip()[-200:]
+        return out
+    finally:
+        stop_group(proc)
+
+
+def run(settings: RunSettings) -> SectionOutput:
+    raw: dict[str, Any] = {"params": params(settings), "prompt": PROMPT, "threads": THREADS, "slots": SLOTS}
+    binary = llama_server_binary()
+    # interleaved: the peer between our two float runs, so a drift of the machine does not favour one side
+    raw[HF_FP32] = measure_platform("float32", settings)
+    raw[LLAMA] = measure_platform("LLAMA_CPP", settings)
+    if binary:
+        raw[PEER] = measure_llama_server(binary, settings)
+    raw[HF_BF16] = measure_platform("bfloat16", settings)
+    return [build_table(raw, settings)], raw
+
+
+def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
+    systems = [s for s in (LLAMA, PEER, HF_BF16, HF_FP32) if s in raw]
+    tokens = params(settings)["max_tokens"]
+    table = Table(f"SmolLM2-135M GGUF, greedy {tokens}-token streams, {THREADS} threads: LLAMA_CPP vs llama-server vs "
+                  "TRANSFORMERS", systems, HF_FP32)
+    for c in CONCURRENCY:
+        table.add(f"tokens/s, {c} concurrent stream(s)", {s: raw[s][f"c{c}"]["tok_s"] for s in systems}, key=True)
+    for c in CONCURRENCY:
+        table.add(f"time to first token p50 (ms), {c} stream(s)", {s: raw[s][f"c{c}"]["ttft_p50_ms"] for s in systems})
+    table.add(f"late joiner TTFT (ms), 1 stream started while {LATE_RUNNING} generate",
+              {s: raw[s]["late"]["late_ttft_ms"] for s in systems}, key=True)
+    table.add("resident memory of the process holding the model (MiB)", {s: raw[s].get("rss_mib") for s in systems})
+    table.notes += [
+        f"Prompt {PROMPT!r} through the model's chat template, temperature 0, max_tokens {tokens}; tokens/s = completion "
+        "tokens of all streams / wall time from the first request to the last token. Platform systems: `/v1/infer` "
+        f"through `serve run` (profile {settings.profile.name}); {PEER}: its `/v1/chat/completions`, streamed.",
+        f"{LLAMA} and {PEER}: {SLOTS} parallel sequences of {CTX_PER_SLOT} tokens; TRANSFORMERS: max_batch_size {SLOTS}. "
+        f"With 32 streams, {32 - SLOTS} wait for a free slot.",
+        "Order: fp32, LLAMA_CPP, llama-server, bf16 (the peer between our runs). " + (
+            f"{PEER}: {raw[PEER].get('version', '')}" if PEER in raw else f"{PEER} not run: no binary found "
+            "(set MODELHOST_BENCH_LLAMA_SERVER)."),
+    ]
+    return table

@@ -1,0 +1,58 @@
+"""llama.cpp's C library, through llama-cpp-python's ctypes bindings (``llama_cpp``), loaded once per process.
+
+Only the C API is used (models, contexts, batches, samplers): the batching loop is ours
+(``servers.llama.slots``). llama.cpp logs through one process-wide callback; ours sends its lines
+to Python's logging at DEBUG and keeps the last error lines, so a failed load can say why
+("unknown model architecture", "tensor data is not within the file bounds", ...).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+from typing import Any
+
+logger = logging.getLogger("servers.llama.cpp")
+
+GGML_LOG_LEVEL_ERROR = 4
+GGML_LOG_LEVEL_CONT = 5
+
+
+class LlamaLibrary:
+    """The ``llama_cpp`` module with the backend initialised and llama.cpp's log routed here."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self.lib = llama_cpp
+        self._lock = threading.Lock()
+        self._errors: collections.deque[str] = collections.deque(maxlen=8)
+        self._last_level = 0
+        self._callback = llama_cpp.llama_log_callback(self._log)  # kept alive: llama.cpp holds the pointer
+        llama_cpp.llama_log_set(self._callback, None)
+        llama_cpp.llama_backend_init()
+
+    def _log(self, level: int, text: bytes, _user_data: Any) -> None:
+        line = text.decode("utf-8", errors="replace").rstrip()
+        level = self._last_level if level == GGML_LOG_LEVEL_CONT else level
+        self._last_level = level
+        if line:
+            logger.debug("%s", line)
+            if level >= GGML_LOG_LEVEL_ERROR:
+                with self._lock:
+                    self._errors.append(line)
+
+    def take_errors(self) -> list[str]:
+        """llama.cpp's error lines since the last call (why a load failed)."""
+        with self._lock:
+            errors = list(self._errors)
+            self._errors.clear()
+        return errors
+
+
+@functools.lru_cache(maxsize=1)
+def llama_library() -> LlamaLibrary:
+    """The process's one ``LlamaLibrary`` (llama.cpp's backend and log callback are process-wide)."""
+    return LlamaLibrary()

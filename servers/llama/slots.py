@@ -1,0 +1,279 @@
+"""Continuous batching on llama.cpp's batch API: ``n_parallel`` slots, one ``llama_decode`` per step.
+
+Each slot is one llama.cpp sequence (its own KV stream). A step puts into one batch the next token
+of every generating slot and, in the room left (``n_batch``), prompt tokens of slots still reading
+their prompt, so a request that arrives mid-generation joins at the next step, and a finished or
+cancelled one leaves at once. A slot keeps its tokens in the KV cache after its request ends: the
+next request whose prompt starts the same way (a chat's earlier turns, a shared system prompt) goes
+to the slot with the longest common prefix and reads only the rest.
+
+Sampling is llama.cpp's own sampler chain per request (penalties, top-k, top-p, temperature, a
+seeded distribution, or greedy), applied to the request's row of the step's logits.
+
+Everything here runs on the engine's model thread; ``submit``/``cancel``/``stop`` are safe from others.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from configs.llm_models import LLMParams
+from servers.generation.detokenizer import IncrementalDetokenizer
+from servers.generation.token_events import TokenEvent
+from servers.llama.gguf_model import GgufModel
+
+logger = logging.getLogger(__name__)
+
+RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed
+
+
+@dataclass
+class LlamaJob:
+    request_id: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    params: LLMParams
+    detokenizer: IncrementalDetokenizer
+    emit: Callable[[TokenEvent], None]
+    cancelled: bool = False
+    generated: int = 0
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens in this sequence's KV cache, in order
+    job: LlamaJob | None = None
+    to_read: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
+    next_token: int | None = None  # sampled, not yet in the cache
+    sampler: Any = None
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class SlotScheduler:
+    def __init__(self, model: GgufModel) -> None:
+        self._model = model
+        self._lib = model.llama.lib
+        self._slots = [_Slot(seq_id=i) for i in range(model.n_parallel)]
+        self._capacity = max(model.n_batch, model.n_parallel)
+        self._pending: collections.deque[LlamaJob] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._worker: Future[None] | None = None
+        self.generated_tokens = 0
+        self.finished_requests = 0
+        self.reused_prompt_tokens = 0
+
+    # -- from any thread ---------------------------------------------------------------------
+    def start(self, executor: Executor) -> None:
+        self._worker = executor.submit(self._run)
+
+    def submit(self, job: LlamaJob) -> None:
+        with self._cond:
+            self._pending.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: LlamaJob) -> None:
+        job.cancelled = True  # its slot is freed at the next step
+        with self._cond:
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._worker is not None:
+            wait([self._worker], timeout=30)
+
+    def is_alive(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    def stats(self) -> dict[str, int]:
+        return {"running": sum(s.job is not None for s in self._slots), "waiting": len(self._pending),
+                "slots": len(self._slots), "generated_tokens": self.generated_tokens,
+                "finished_requests": self.finished_requests, "reused_prompt_tokens": self.reused_prompt_tokens}
+
+    # -- model thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        batch = self._lib.llama_batch_init(self._capacity, 0, 1)
+        try:
+            while self._wait_for_work():
+                self._drop_cancelled()
+                self._admit()
+                if any(s.job is not None for s in self._slots):
+                    self._step(batch)
+        except BaseException as exc:  # noqa: BLE001 - every waiting request hears of it, then the loop is dead
+            logger.exception("llama.cpp decoding loop of %s failed", self._model.path.name)
+            self._fail_all(exc)
+            raise
+        finally:
+            self._lib.llama_batch_free(batch)
+            for slot in self._slots:
+                self._free_sampler(slot)
+            if self._stopping:
+                self._fail_all(RuntimeError("engine stopped"))
+
+    def _wait_for_work(self) -> bool:
+        """Block until a slot is busy or a request waits for a free one; False once stopping."""
+        with self._cond:
+            while not self._stopping:
+                busy = any(s.job is not None for s in self._slots)
+                if busy or self._pending:
+                    return True
+                self._cond.wait()
+            return False
+
+    def _drop_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._release(slot)
+
+    def _admit(self) -> None:
+        free = [s for s in self._slots if s.job is None]
+        while free:
+            with self._cond:
+                job = self._pending.popleft() if self._pending else None
+            if job is None:
+                return
+            if job.cancelled:
+                continue
+            slot = max(free, key=lambda s: common_prefix(s.cached, job.prompt_ids))
+            free.remove(slot)
+            self._assign(slot, job)
+
+    def _assign(self, slot: _Slot, job: LlamaJob) -> None:
+        # at least the prompt's last token is decoded again: its logits give the first new token
+        keep = min(common_prefix(slot.cached, job.prompt_ids), len(job.prompt_ids) - 1)
+        self._lib.llama_memory_seq_rm(self._model.memory, slot.seq_id, keep, -1)
+        self.reused_prompt_tokens += keep
+        slot.cached = job.prompt_ids[:keep]
+        slot.to_read = job.prompt_ids[keep:]
+        slot.job, slot.next_token = job, None
+        slot.sampler = self._sampler(job.params)
+
+    def _sampler(self, p: LLMParams) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lambda s: lib.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0:
+            # over the generated tokens, as OpenAI defines frequency and presence penalties
+            add(lib.llama_sampler_init_penalties(self._model.n_vocab, p.max_tokens, p.repetition_penalty,
+                                                 p.frequency_penalty, p.presence_penalty))
+        if p.temperature == 0:
+            add(lib.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(lib.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(lib.llama_sampler_init_top_p(p.top_p, 1))
+        add(lib.llama_sampler_init_temp(p.temperature))
+        add(lib.llama_sampler_init_dist(RANDOM_SEED if p.seed is None else p.seed & 0xFFFFFFFF))
+        return chain
+
+    def _step(self, batch: Any) -> None:
+        """One llama_decode over every busy slot; then each slot whose logits came out samples a token."""
+        n, outputs, reads = 0, [], []
+        for slot in self._slots:  # generating slots first: one token each, never starved by prompts
+            if slot.job is not None and slot.next_token is not None:
+                self._put(batch, n, slot.next_token, len(slot.cached), slot.seq_id, True)
+                outputs.append((slot, n))
+                slot.cached.append(slot.next_token)
+                slot.next_token = None
+                n += 1
+        for slot in self._slots:
+            if slot.job is None or not slot.to_read or n >= self._capacity:
+                continue
+            take = slot.to_read[: self._capacity - n]
+            for i, token in enumerate(take):
+                last = len(take) == len(slot.to_read) and i == len(take) - 1
+                self._put(batch, n, token, len(slot.cached) + i, slot.seq_id, last)
+                if last:
+                    outputs.append((slot, n))
+                n += 1
+            reads.append((slot, take))
+        for slot, take in reads:
+            slot.cached.extend(take)
+            del slot.to_read[: len(take)]
+        batch.n_tokens = n
+        status = self._lib.llama_decode(self._model.ctx, batch)
+        if status != 0:
+            self._fail_step(outputs, reads, RuntimeError(f"llama_decode returned {status}"))
+            return
+        for slot, index in outputs:
+            token = self._lib.llama_sampler_sample(slot.sampler, self._model.ctx, index)
+            self._on_token(slot, int(token))
+
+    @staticmethod
+    def _put(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq_id
+        batch.logits[i] = logits
+
+    def _on_token(self, slot: _Slot, token: int) -> None:
+        job = slot.job
+        assert job is not None
+        if job.cancelled:
+            self._release(slot)
+            return
+        job.generated += 1
+        self.generated_tokens += 1
+        if self._model.is_end(token):
+            return self._finish(slot, job.detokenizer.flush(), "stop")
+        text = job.detokenizer.push(token)
+        if job.detokenizer.stopped:
+            return self._finish(slot, text, "stop")
+        if job.generated >= job.max_new_tokens or len(slot.cached) + 1 >= self._model.n_ctx_seq:
+            return self._finish(slot, text + job.detokenizer.flush(), "length")
+        slot.next_token = token
+        if text:
+            job.emit(TokenEvent(text, job.generated))
+
+    def _finish(self, slot: _Slot, text: str, reason: str) -> None:
+        job = slot.job
+        assert job is not None
+        self.finished_requests += 1
+        job.emit(TokenEvent(text, job.generated, reason))
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        """The slot takes the next request; its cache stays for a later prompt with the same start."""
+        slot.job, slot.next_token, slot.to_read = None, None, []
+        self._free_sampler(slot)
+
+    def _free_sampler(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            self._lib.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+    def _fail_step(self, outputs: list[tuple[_Slot, int]], reads: list[tuple[_Slot, list[int]]], exc: Exception) -> None:
+        """A failed decode leaves the step's sequences in an unknown state: they end with the error and
+        their caches are cleared."""
+        for slot in {id(s): s for s, _ in [*outputs, *((s, 0) for s, _ in reads)]}.values():
+            if slot.job is not None:
+                slot.job.emit(TokenEvent("", slot.job.generated, "error", exc))
+            self._lib.llama_memory_seq_rm(self._model.memory, slot.seq_id, 0, -1)
+            slot.cached = []
+            self._release(slot)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._cond:
+            waiting, self._pending = list(self._pending), collections.deque()
+        for job in [*waiting, *(s.job for s in self._slots if s.job is not None)]:
+            job.emit(TokenEvent("", job.generated, "error", exc))
+        for slot in self._slots:
+            slot.job = None

@@ -1,0 +1,141 @@
+"""``type: LLAMA_CPP``: a GGUF model decoded by llama.cpp on CPU, at its quantized size.
+
+The weights stay quantized (a Q4 file stays about 4.5 bits a weight in memory, where TRANSFORMERS
+de-quantizes to 16 or 32 bits) and decode through llama.cpp's kernels. Requests share one llama.cpp
+context of ``n_parallel`` sequences, batched by our own loop on llama.cpp's batch API
+(``servers.llama.slots``): continuous batching, prompt-prefix reuse per slot, cancellation when a
+client goes away. Prompts are built by the same code as TRANSFORMERS (``servers.chat_prompt``) from
+the GGUF's own chat template. llama.cpp comes from the ``llama-cpp-python`` package (built from
+source by pip on first install; see docs/engines.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from common.call import ModelCall
+from common.errors import InvalidRequestError
+from configs.llama_cpp_models import LlamaCppEngineConfig
+from configs.llm_models import LLMParams
+from servers.base_engine import TextGenerationEngine
+from servers.chat_prompt import encode_prompt
+from servers.generation.token_events import TokenEvent, event_chunks, event_emitter
+from servers.model_thread import model_executor, run_blocking
+from servers.registry import register_engine
+
+logger = logging.getLogger(__name__)
+
+
+@register_engine("LLAMA_CPP")
+class LlamaCppEngine(TextGenerationEngine):
+    config_model = LlamaCppEngineConfig
+    params_model = LLMParams
+    engine_config: LlamaCppEngineConfig
+
+    def __init__(self, config: Any, engine_config: LlamaCppEngineConfig) -> None:
+        super().__init__(config, engine_config)
+        self.model: Any = None  # servers.llama.gguf_model.GgufModel
+        self.tokenizer: Any = None
+        self._slots: Any = None  # servers.llama.slots.SlotScheduler
+        self._executor = model_executor(self.model_id)
+
+    @classmethod
+    def estimate_footprint(cls, config: Any, engine_config: LlamaCppEngineConfig) -> int | None:
+        from common.footprint import files_size
+
+        return files_size(str(gguf_path(config.model_loading_config.model_source, engine_config)))
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        from servers.llama.library import llama_library
+
+        llama_library()
+
+    async def start(self) -> None:
+        await run_blocking(self._executor, self._load)
+        self._slots.start(self._executor)
+
+    def _load(self) -> None:
+        from cloud.cloud_utils import resolve_model_source
+        from servers.llama.gguf_model import GgufModel, GgufTokenizer
+        from servers.llama.slots import SlotScheduler
+
+        cfg = self.engine_config
+        path = gguf_path(resolve_model_source(self.config.model_loading_config.model_source), cfg)
+        threads = cfg.num_threads or replica_cpus()
+        self.model = GgufModel(path, n_ctx=cfg.n_ctx, n_parallel=cfg.n_parallel, n_batch=cfg.n_batch, n_threads=threads)
+        self.tokenizer = GgufTokenizer(self.model)
+        self._slots = SlotScheduler(self.model)
+        logger.info("loaded %s from %s (llama.cpp, %d threads, %d slots of %d tokens)",
+                    self.model_id, path.name, threads, cfg.n_parallel, self.model.n_ctx_seq)
+
+    async def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        from servers.generation.detokenizer import IncrementalDetokenizer
+        from servers.llama.slots import LlamaJob
+
+        params: LLMParams = call.params
+        prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id, tools=None,
+                                   use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
+        self._check_length(len(prompt_ids), params.max_tokens)
+        events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        job = LlamaJob(request_id=call.request_id or uuid.uuid4().hex, prompt_ids=prompt_ids,
+                       max_new_tokens=params.max_tokens, params=params,
+                       detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop), emit=event_emitter(events))
+        self._slots.submit(job)
+        async for chunk in event_chunks(events, len(prompt_ids), lambda: self._slots.cancel(job)):
+            yield chunk
+
+    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
+        limit = self.model.n_ctx_seq
+        if prompt_tokens >= limit:
+            raise InvalidRequestError(
+                f"input is {prompt_tokens} tokens; the model's context is {limit} tokens per sequence (engine_kwargs.n_ctx)",
+                param="input", code="context_length_exceeded")
+        if prompt_tokens + max_tokens > limit:
+            raise InvalidRequestError(
+                f"max_tokens ({max_tokens}) + input ({prompt_tokens} tokens) exceeds the model's context of {limit} "
+                f"tokens; use max_tokens <= {limit - prompt_tokens}", param="params.max_tokens", code="context_length_exceeded")
+
+    async def check_health(self) -> None:
+        if self._slots is not None and not self._slots.is_alive():
+            raise RuntimeError(f"llama.cpp decoding loop of '{self.model_id}' stopped")
+
+    async def stop(self) -> None:
+        if self._slots is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._slots.stop)
+        if self.model is not None:
+            await run_blocking(self._executor, self.model.close)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.model, self._slots = None, None
+
+    def stats(self) -> dict[str, Any]:
+        return self._slots.stats() if self._slots is not None else {}
+
+    def memory_bytes(self) -> int | None:
+        return None  # the weights plus the KV cache: the pool's RSS measurement counts both
+
+
+def gguf_path(source: str, cfg: LlamaCppEngineConfig) -> Path:
+    """The GGUF file: ``model_source`` itself, or ``gguf_file`` inside it."""
+    path = Path(source.removeprefix("file://"))
+    return path / cfg.gguf_file if cfg.gguf_file else path
+
+
+def replica_cpus() -> int:
+    """The CPUs Ray gave this replica (num_cpus, rounded up, at least 1); every CPU outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if cpus:
+                return max(1, math.ceil(cpus))
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        pass
+    return os.cpu_count() or 1
