@@ -38,7 +38,11 @@ def load_causal_lm(entry: dict[str, Any]) -> CausalLM:
     source, gguf = entry["model_loading_config"]["model_source"], kwargs.get("gguf_file")
     dtype = kwargs.get("dtype", "float32")
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
-    torch_dtype = getattr(torch, "float32" if dtype == "auto" else dtype)  # auto = float32 on CPU, as in the engine
+    if dtype == "auto":  # as in the engine
+        from common.accelerator import cpu_has_bf16
+
+        dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    torch_dtype = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch_dtype).eval()
     eos = {t for t in _as_list(model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id) if t is not None}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)

@@ -62,7 +62,7 @@ class TransformersEngineConfig(BasePydantic):
         default=True, description="Keep a GGUF file's de-quantized weights in the model cache (MODELHOST_MODEL_CACHE), "
         "so later loads skip the conversion (servers/generation/gguf_cache.py).")
     dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = Field(
-        default="auto", description="auto = float32 on CPU, the checkpoint's dtype on CUDA."
+        default="auto", description="auto = bfloat16 on a CPU that computes it natively (AVX512-BF16, AMX), else float32; on CUDA bfloat16 (float16 without bf16 support). float32 forces full precision."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = cuda when a GPU is visible.")
     num_threads: int | None = Field(

@@ -57,7 +57,10 @@ class TransformersEngine(TextGenerationEngine):
         size = files_size(source if not engine_config.gguf_file else os.path.join(source, engine_config.gguf_file))
         if size is None or not engine_config.gguf_file:
             return size
-        bytes_per_weight = 2 if engine_config.dtype in ("bfloat16", "float16") else 4
+        from common.accelerator import cpu_has_bf16
+
+        half = engine_config.dtype in ("bfloat16", "float16") or (engine_config.dtype == "auto" and cpu_has_bf16())
+        bytes_per_weight = 2 if half else 4
         return int(size / GGUF_BYTES_PER_WEIGHT * bytes_per_weight)
 
     @classmethod
@@ -122,7 +125,9 @@ class TransformersEngine(TextGenerationEngine):
         name = self.engine_config.dtype
         if name == "auto":
             if self.device == "cpu":
-                return torch.float32
+                from common.accelerator import cpu_has_bf16
+
+                return torch.bfloat16 if cpu_has_bf16() else torch.float32
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return getattr(torch, name)
 

@@ -156,3 +156,23 @@ def test_model_is_loaded_and_decoded_on_one_thread(engine: Any) -> None:
     assert last["usage"]["completion_tokens"] >= 1
     assert seen and all(name.startswith("model-tiny") for name in seen)
     assert [t.name for t in threading.enumerate() if t.name.startswith("model-tiny")] == [next(iter(seen))]
+
+
+def test_auto_dtype_is_bfloat16_where_the_cpu_computes_it(tiny_llama_dir: Path) -> None:
+    import torch
+
+    from common.accelerator import cpu_has_bf16
+
+    def loaded_dtype(dtype: str) -> Any:
+        cfg = MultiModelConfig.model_validate(
+            {"model_loading_config": {"model_id": "tiny", "model_source": str(tiny_llama_dir), "type": "TRANSFORMERS"},
+             "engine_kwargs": {"dtype": dtype, "num_threads": 1, "device": "cpu"}})
+        eng = TransformersEngine(cfg, TransformersEngineConfig.model_validate(cfg.engine_kwargs))
+        asyncio.run(eng.start())
+        try:
+            return next(eng.model.parameters()).dtype
+        finally:
+            asyncio.run(eng.stop())
+
+    assert loaded_dtype("auto") == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    assert loaded_dtype("float32") == torch.float32  # the config forces full precision
