@@ -39,7 +39,8 @@ def start_group(cmd: list[str], env: dict[str, str], log_path: Path) -> subproce
     """Start ``cmd`` from the repo root in a new session (its own process group), output to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # no stdin: llama-server exits when it reads EOF from a closed one
     logger.info("started pid %d: %s (log %s)", proc.pid, " ".join(cmd), log_path)
     return proc
 

@@ -164,7 +164,7 @@ def llama_cpp_entries(smollm2: Path, broken_dir: Path) -> list[dict[str, Any]]:
                 "deployment_config": {"name": "gguf", "ray_actor_options": {"num_cpus": 0.1}},
                 "engine_kwargs": {"gguf_file": gguf_file, "n_ctx": 1024, "n_parallel": GGUF_SLOTS, "num_threads": 1}}
 
-    return [entry("smollm2-gguf", smollm2, SMOLLM2_GGUF), entry("broken-gguf", broken_dir, "missing.gguf")]
+    return [entry("smollm2-135m-gguf", smollm2, SMOLLM2_GGUF), entry("broken-gguf", broken_dir, "missing.gguf")]
 
 
 def fake_vllm_entries() -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from tests.conftest import GGUF_SLOTS, model_status, wait_ready, wait_until
 
 pytestmark = pytest.mark.integration
 
-GGUF = "smollm2-gguf"
+GGUF = "smollm2-135m-gguf"
 FRANCE = [{"role": "user", "content": "Name the capital of France."}]  # see tests/test_llama_cpp_engine.py
 STORY = [{"role": "user", "content": "Write a long story about the sea."}]
 

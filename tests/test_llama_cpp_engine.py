@@ -170,3 +170,18 @@ def test_files_it_cannot_serve_fail_at_start_naming_the_file(tmp_path: Path, smo
         with pytest.raises((GgufLoadError, FileNotFoundError)) as err:
             asyncio.run(eng.start())
         assert str(path.name) in str(err.value) and words in str(err.value)
+
+
+def test_a_prompt_prefix_is_copied_from_another_slot(engine: Any) -> None:
+    """Clients asking at once with one long system prompt: the slot that holds the prefix (from the first
+    answer) reads only the rest, the others copy the prefix from it (llama_memory_seq_cp) instead of reading
+    it; every client gets the answer it would get alone."""
+    eng = engine[0]
+    system = {"role": "system", "content": "You are a helpful assistant for a travel agency. " * 4}
+    asks = [[system, {"role": "user", "content": q}] for q in ("Name the capital of France.", "Name the capital of Italy.")]
+    [(alone, _)] = run(engine, answer(eng, asks[0], temperature=0, max_tokens=12))
+    before = eng.stats()["shared_prompt_tokens"]
+    together = run(engine, *(answer(eng, a, temperature=0, max_tokens=12) for a in [asks[0], asks[1], asks[0]]))
+    assert eng.stats()["shared_prompt_tokens"] - before >= 2 * 40
+    assert together[0][0] == together[2][0] == alone
+    assert together[1][0] and together[1][0] != alone

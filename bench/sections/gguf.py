@@ -109,7 +109,9 @@ def llama_server_binary() -> str | None:
 async def openai_chunks(client: Any, url: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """An OpenAI chat stream as the section's chunks (``text`` deltas, ``usage`` on the last)."""
     check_loopback(url)
-    async with client.post(url, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as response:
+    # a new connection per stream: llama-server may close a kept-alive one just as the next request reuses it
+    async with client.post(url, json={**body, "stream": True, "stream_options": {"include_usage": True}},
+                           headers={"Connection": "close"}) as response:
         if response.status != 200:
             raise RuntimeError(f"{url}: HTTP {response.status}: {(await response.read())[:300]!r}")
         async for line in response.content:

@@ -3,9 +3,15 @@
 Each slot is one llama.cpp sequence (its own KV stream). A step puts into one batch the next token
 of every generating slot and, in the room left (``n_batch``), prompt tokens of slots still reading
 their prompt, so a request that arrives mid-generation joins at the next step, and a finished or
-cancelled one leaves at once. A slot keeps its tokens in the KV cache after its request ends: the
-next request whose prompt starts the same way (a chat's earlier turns, a shared system prompt) goes
-to the slot with the longest common prefix and reads only the rest.
+cancelled one leaves at once.
+
+Prompt prefixes are read once. A slot keeps its tokens in the KV cache after its request ends: the
+next request whose prompt starts the same way (a chat's earlier turns) goes to the slot with the
+longest common prefix and reads only the rest. And a request whose prompt shares at least
+``MIN_SHARED_PREFIX`` tokens with another slot's (a system prompt common to many users, the same
+question asked by several clients at once) copies that slot's cache (``llama_memory_seq_cp``, a copy
+of the KV stream inside llama.cpp) instead of computing it again, waiting a step or two if the other
+slot is still reading those tokens.
 
 Sampling is llama.cpp's own sampler chain per request (penalties, top-k, top-p, temperature, a
 seeded distribution, or greedy), applied to the request's row of the step's logits.
@@ -30,6 +36,9 @@ from servers.llama.gguf_model import GgufModel
 logger = logging.getLogger(__name__)
 
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed
+# Shorter shared prefixes are read again: a cross-slot copy moves the whole KV stream (n_ctx cells), which
+# costs about what reading a few dozen tokens does on a small model.
+MIN_SHARED_PREFIX = 32
 
 
 @dataclass
@@ -52,6 +61,8 @@ class _Slot:
     to_read: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_token: int | None = None  # sampled, not yet in the cache
     sampler: Any = None
+    donor: "_Slot | None" = None  # the slot whose cache this one copies its prompt's first ``shared`` tokens from
+    shared: int = 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -75,7 +86,8 @@ class SlotScheduler:
         self._worker: Future[None] | None = None
         self.generated_tokens = 0
         self.finished_requests = 0
-        self.reused_prompt_tokens = 0
+        self.reused_prompt_tokens = 0  # prompt tokens found in the slot's own cache
+        self.shared_prompt_tokens = 0  # prompt tokens copied from another slot's cache
 
     # -- from any thread ---------------------------------------------------------------------
     def start(self, executor: Executor) -> None:
@@ -104,7 +116,8 @@ class SlotScheduler:
     def stats(self) -> dict[str, int]:
         return {"running": sum(s.job is not None for s in self._slots), "waiting": len(self._pending),
                 "slots": len(self._slots), "generated_tokens": self.generated_tokens,
-                "finished_requests": self.finished_requests, "reused_prompt_tokens": self.reused_prompt_tokens}
+                "finished_requests": self.finished_requests, "reused_prompt_tokens": self.reused_prompt_tokens,
+                "shared_prompt_tokens": self.shared_prompt_tokens}
 
     # -- model thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -113,6 +126,7 @@ class SlotScheduler:
             while self._wait_for_work():
                 self._drop_cancelled()
                 self._admit()
+                self._copy_shared_prefixes()
                 if any(s.job is not None for s in self._slots):
                     self._step(batch)
         except BaseException as exc:  # noqa: BLE001 - every waiting request hears of it, then the loop is dead
@@ -156,13 +170,47 @@ class SlotScheduler:
 
     def _assign(self, slot: _Slot, job: LlamaJob) -> None:
         # at least the prompt's last token is decoded again: its logits give the first new token
-        keep = min(common_prefix(slot.cached, job.prompt_ids), len(job.prompt_ids) - 1)
+        limit = len(job.prompt_ids) - 1
+        keep = min(common_prefix(slot.cached, job.prompt_ids), limit)
+        donor, shared = self._donor(slot, job.prompt_ids, limit)
+        if shared >= keep + MIN_SHARED_PREFIX:
+            keep, slot.donor, slot.shared = 0, donor, shared  # reads nothing until the copy (next steps)
         self._lib.llama_memory_seq_rm(self._model.memory, slot.seq_id, keep, -1)
         self.reused_prompt_tokens += keep
         slot.cached = job.prompt_ids[:keep]
         slot.to_read = job.prompt_ids[keep:]
         slot.job, slot.next_token = job, None
         slot.sampler = self._sampler(job.params)
+
+    def _donor(self, slot: _Slot, prompt: list[int], limit: int) -> tuple[_Slot | None, int]:
+        """The other slot whose cache holds, or will hold once it read its prompt, the longest prefix of ``prompt``."""
+        best, shared = None, 0
+        for other in self._slots:
+            if other is not slot and other.donor is None:
+                n = min(common_prefix(other.cached + other.to_read, prompt), limit)
+                if n > shared:
+                    best, shared = other, n
+        return best, shared
+
+    def _copy_shared_prefixes(self) -> None:
+        """Slots waiting for a donor copy its cache once it holds their prefix; if the donor went another way
+        (cancelled, reassigned), they read their whole prompt themselves."""
+        for slot in self._slots:
+            donor = slot.donor
+            if donor is None or slot.job is None:
+                continue
+            prompt = slot.job.prompt_ids
+            if common_prefix(donor.cached, prompt) >= slot.shared:
+                memory = self._model.memory
+                self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)
+                self._lib.llama_memory_seq_rm(memory, slot.seq_id, slot.shared, -1)
+                slot.cached, slot.to_read = prompt[:slot.shared], prompt[slot.shared:]
+                self.shared_prompt_tokens += slot.shared
+            elif common_prefix(donor.cached + donor.to_read, prompt) < slot.shared:
+                slot.cached, slot.to_read = [], list(prompt)
+            else:
+                continue  # the donor reads those tokens in this step
+            slot.donor, slot.shared = None, 0
 
     def _sampler(self, p: LLMParams) -> Any:
         lib = self._lib
@@ -194,7 +242,7 @@ class SlotScheduler:
                 slot.next_token = None
                 n += 1
         for slot in self._slots:
-            if slot.job is None or not slot.to_read or n >= self._capacity:
+            if slot.job is None or slot.donor is not None or not slot.to_read or n >= self._capacity:
                 continue
             take = slot.to_read[: self._capacity - n]
             for i, token in enumerate(take):
@@ -252,7 +300,7 @@ class SlotScheduler:
 
     def _release(self, slot: _Slot) -> None:
         """The slot takes the next request; its cache stays for a later prompt with the same start."""
-        slot.job, slot.next_token, slot.to_read = None, None, []
+        slot.job, slot.next_token, slot.to_read, slot.donor, slot.shared = None, None, [], None, 0
         self._free_sampler(slot)
 
     def _free_sampler(self, slot: _Slot) -> None:
