@@ -18,6 +18,7 @@ DEMO_CONFIG = REPO_ROOT / "model_config.yaml"
 FAKE_ENGINE_MODULES = ["tests.fake_engines"]
 LLM_ID, OCR_ID, WHISPER_ID, VIDEO_ID = "smollm2-135m-instruct", "ocr", "whisper-tiny-en", "video"
 EMBEDDING_ID = "all-minilm-l6-v2"
+TTS_ID = "piper-en-us"
 
 
 def demo_args() -> dict[str, Any]:

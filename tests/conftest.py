@@ -270,7 +270,8 @@ def pool_app_args(model_dirs: list[Path], broken_dir: Path) -> dict[str, Any]:
     """A pool of six on-demand models (the first pinned) and a broken one, under a budget that holds two."""
     def entry(model_id: str, source: Path, **fields: Any) -> dict[str, Any]:
         return {"model_loading_config": {"model_id": model_id, "model_source": str(source), "type": "TRANSFORMERS"},
-                "deployment_config": {"name": "pool"}, "engine_kwargs": {"num_threads": 1, "max_batch_size": 4},
+                "deployment_config": {"name": "pool"},
+                "engine_kwargs": {"num_threads": 1, "max_batch_size": 4, "dtype": "float32"},  # float32: the budget holds two
                 "load": "on_demand", **fields}
 
     entries = [entry(f"pool-{i}", d, **({"pin": True} if i == 0 else {})) for i, d in enumerate(model_dirs)]
