@@ -12,6 +12,7 @@ source by pip on first install; see docs/engines.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -88,8 +89,10 @@ class LlamaCppEngine(TextGenerationEngine):
                        max_new_tokens=params.max_tokens, params=params,
                        detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop), emit=event_emitter(events))
         self._slots.submit(job)
-        async for chunk in event_chunks(events, len(prompt_ids), lambda: self._slots.cancel(job)):
-            yield chunk
+        # aclosing: a client that goes away closes this generator, and the decoding loop hears of it at once
+        async with contextlib.aclosing(event_chunks(events, len(prompt_ids), lambda: self._slots.cancel(job))) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
         limit = self.model.n_ctx_seq

@@ -8,6 +8,7 @@ and tokens stream as they come.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -179,8 +180,10 @@ class TransformersEngine(TextGenerationEngine):
             adapter=call.adapter,
         )
         self._batcher.submit(job)
-        async for chunk in event_chunks(events, len(prompt_ids), lambda: self._batcher.cancel(job)):
-            yield chunk
+        # aclosing: a client that goes away closes this generator, and the decoding loop hears of it at once
+        async with contextlib.aclosing(event_chunks(events, len(prompt_ids), lambda: self._batcher.cancel(job))) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def _encode(self, value: Any, params: ConstrainedLLMParams, tools: list[dict[str, Any]] | None = None) -> list[int]:
         return encode_prompt(self.tokenizer, value, model_id=self.model_id, tools=tools,

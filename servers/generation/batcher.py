@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from servers.generation.decoding_loop import DecodingLoop
 from servers.generation.detokenizer import IncrementalDetokenizer
 from servers.generation.sampling import SequenceSampler
 from servers.generation.token_events import TokenEvent
@@ -59,34 +59,22 @@ class _Row:
     pending_ids: list[int] = field(default_factory=list)
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(DecodingLoop):
     def __init__(self, model: Any, device: str, eos_token_ids: set[int], max_batch_size: int) -> None:
+        super().__init__()
         self._model = model
         self._device = device
         self._eos = eos_token_ids
         self._max_batch = max_batch_size
-        self._pending: collections.deque[GenerationJob] = collections.deque()
-        self._cond = threading.Condition()
-        self._stopping = False
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
-        self._worker: Future[None] | None = None
         self._between_steps: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
         self.uses_adapters = False  # the model is a peft model: every forward names each row's adapter
         self.generated_tokens = 0
         self.finished_requests = 0
 
     # -- public, called from the event loop -------------------------------------------------
-    def start(self, executor: Executor) -> None:
-        """Run the decoding loop on ``executor``'s (single) thread until ``stop``."""
-        self._worker = executor.submit(self._run)
-
-    def submit(self, job: GenerationJob) -> None:
-        with self._cond:
-            self._pending.append(job)
-            self._cond.notify()
-
     def between_steps(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the decoding thread between two steps (to change the model, e.g. load an
         adapter, while no forward pass runs); its result or error arrives in the future."""
@@ -106,16 +94,6 @@ class ContinuousBatcher:
 
     def cancel(self, job: GenerationJob) -> None:
         job.cancelled = True  # read by the worker at the next step
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._worker is not None:
-            wait([self._worker], timeout=30)
-
-    def is_alive(self) -> bool:
-        return self._worker is not None and not self._worker.done()
 
     def stats(self) -> dict[str, int]:
         return {

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
-from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from configs.llm_models import LLMParams
+from servers.generation.decoding_loop import DecodingLoop
 from servers.generation.detokenizer import IncrementalDetokenizer
 from servers.generation.token_events import TokenEvent
 from servers.llama.gguf_model import GgufModel
@@ -74,44 +73,23 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-class SlotScheduler:
+class SlotScheduler(DecodingLoop):
     def __init__(self, model: GgufModel) -> None:
+        super().__init__()
         self._model = model
         self._lib = model.llama.lib
         self._slots = [_Slot(seq_id=i) for i in range(model.n_parallel)]
         self._capacity = max(model.n_batch, model.n_parallel)
-        self._pending: collections.deque[LlamaJob] = collections.deque()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._worker: Future[None] | None = None
         self.generated_tokens = 0
         self.finished_requests = 0
         self.reused_prompt_tokens = 0  # prompt tokens found in the slot's own cache
         self.shared_prompt_tokens = 0  # prompt tokens copied from another slot's cache
 
     # -- from any thread ---------------------------------------------------------------------
-    def start(self, executor: Executor) -> None:
-        self._worker = executor.submit(self._run)
-
-    def submit(self, job: LlamaJob) -> None:
-        with self._cond:
-            self._pending.append(job)
-            self._cond.notify()
-
     def cancel(self, job: LlamaJob) -> None:
         job.cancelled = True  # its slot is freed at the next step
         with self._cond:
             self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._worker is not None:
-            wait([self._worker], timeout=30)
-
-    def is_alive(self) -> bool:
-        return self._worker is not None and not self._worker.done()
 
     def stats(self) -> dict[str, int]:
         return {"running": sum(s.job is not None for s in self._slots), "waiting": len(self._pending),
@@ -295,8 +273,8 @@ class SlotScheduler:
         job = slot.job
         assert job is not None
         self.finished_requests += 1
+        self._release(slot)  # first: a client that got its last chunk sees its slot free
         job.emit(TokenEvent(text, job.generated, reason))
-        self._release(slot)
 
     def _release(self, slot: _Slot) -> None:
         """The slot takes the next request; its cache stays for a later prompt with the same start."""
@@ -312,11 +290,12 @@ class SlotScheduler:
         """A failed decode leaves the step's sequences in an unknown state: they end with the error and
         their caches are cleared."""
         for slot in {id(s): s for s, _ in [*outputs, *((s, 0) for s, _ in reads)]}.values():
-            if slot.job is not None:
-                slot.job.emit(TokenEvent("", slot.job.generated, "error", exc))
+            job = slot.job
             self._lib.llama_memory_seq_rm(self._model.memory, slot.seq_id, 0, -1)
             slot.cached = []
             self._release(slot)
+            if job is not None:
+                job.emit(TokenEvent("", job.generated, "error", exc))
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._cond:
