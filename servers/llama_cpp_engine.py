@@ -23,12 +23,14 @@ from typing import Any, AsyncIterator
 from common.call import ModelCall
 from common.errors import InvalidRequestError
 from configs.llama_cpp_models import LlamaCppEngineConfig
-from configs.llm_models import LLMParams
+from configs.structured_models import ConstrainedLLMParams
 from servers.base_engine import TextGenerationEngine
 from servers.chat_prompt import encode_prompt
 from servers.generation.token_events import TokenEvent, event_chunks, event_emitter
 from servers.model_thread import model_executor, run_blocking
 from servers.registry import register_engine
+from servers.structured_output import OutputPlan, output_plan
+from servers.tool_calls import read_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 @register_engine("LLAMA_CPP")
 class LlamaCppEngine(TextGenerationEngine):
     config_model = LlamaCppEngineConfig
-    params_model = LLMParams
+    params_model = ConstrainedLLMParams  # response_format and forced tool calls become llama.cpp grammars
     engine_config: LlamaCppEngineConfig
 
     def __init__(self, config: Any, engine_config: LlamaCppEngineConfig) -> None:
@@ -76,17 +78,26 @@ class LlamaCppEngine(TextGenerationEngine):
         logger.info("loaded %s from %s (llama.cpp, %d threads, %d slots of %d tokens)",
                     self.model_id, path.name, threads, cfg.n_parallel, self.model.n_ctx_seq)
 
-    async def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+    def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
+        """The model's tokens; tool calls are read from them when the request has tools."""
+        plan = output_plan(call.params)
+        return read_tool_calls(plan, self._generate(call, plan))
+
+    async def _generate(self, call: ModelCall, plan: OutputPlan) -> AsyncIterator[dict[str, Any]]:
         from servers.generation.detokenizer import IncrementalDetokenizer
+        from servers.llama.grammar import schema_grammar
         from servers.llama.slots import LlamaJob
 
-        params: LLMParams = call.params
-        prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id, tools=None,
+        params: ConstrainedLLMParams = call.params
+        prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id, tools=plan.tools,
                                    use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
         self._check_length(len(prompt_ids), params.max_tokens)
+        grammar = None
+        if plan.schema is not None:
+            grammar = await asyncio.to_thread(schema_grammar, self.model, plan.schema, plan.schema_param)
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         job = LlamaJob(request_id=call.request_id or uuid.uuid4().hex, prompt_ids=prompt_ids,
-                       max_new_tokens=params.max_tokens, params=params,
+                       max_new_tokens=params.max_tokens, params=params, grammar=grammar,
                        detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop), emit=event_emitter(events))
         self._slots.submit(job)
         # aclosing: a client that goes away closes this generator, and the decoding loop hears of it at once

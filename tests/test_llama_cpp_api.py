@@ -67,3 +67,25 @@ def test_broken_gguf_entry_fails_alone(client: httpx.Client, oai: openai.OpenAI)
     assert "Paris" in oai.chat.completions.create(model=GGUF, messages=FRANCE, temperature=0, max_tokens=16).choices[0].message.content
     answer = client.post("/v1/chat/completions", json={"model": "broken-gguf", "messages": FRANCE})
     assert answer.status_code == 503 and answer.json()["error"]["type"] == "model_not_ready"
+
+
+def test_gguf_json_schema_and_tool_calls_through_the_openai_client(oai: openai.OpenAI) -> None:
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["city", "country"],
+              "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 24},
+                             "country": {"type": "string", "minLength": 1, "maxLength": 24}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
+    reply = oai.chat.completions.create(model=GGUF, messages=[{"role": "user", "content": "Give a city of Spain as JSON."}],
+                                        temperature=1.0, max_tokens=64, response_format=fmt)
+    assert reply.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params}}]
+    called = oai.chat.completions.create(model=GGUF, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                         temperature=1.0, max_tokens=64, tools=tools, tool_choice="required")
+    [call] = called.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and called.choices[0].finish_reason == "tool_calls"
+    jsonschema.validate(json.loads(call.function.arguments), params)

@@ -5,16 +5,19 @@ and files it cannot serve."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.call import ModelCall
+from common.chunks import ChunkMerger
 from common.endpoints import CHAT_COMPLETIONS
 from common.errors import InvalidRequestError
 from configs.llama_cpp_models import LlamaCppEngineConfig
 from configs.llm_models import LLMParams
+from configs.structured_models import ConstrainedLLMParams
 from configs.server_models import MultiModelConfig
 from servers.chat_prompt import encode_prompt
 from servers.llama.gguf_model import GgufLoadError
@@ -48,7 +51,7 @@ def engine(smollm2_dir: Path) -> Any:
 
 async def answer(eng: LlamaCppEngine, messages: Any = PARIS, **params: Any) -> tuple[str, dict[str, Any]]:
     text, last = [], {}
-    async for chunk in eng.generate(ModelCall("r", "gguf", CHAT_COMPLETIONS, messages, LLMParams(**params))):
+    async for chunk in eng.generate(ModelCall("r", "gguf", CHAT_COMPLETIONS, messages, ConstrainedLLMParams(**params))):
         text.append(chunk["text"])
         last = chunk
     return "".join(text), last
@@ -185,3 +188,49 @@ def test_a_prompt_prefix_is_copied_from_another_slot(engine: Any) -> None:
     assert eng.stats()["shared_prompt_tokens"] - before >= 2 * 40
     assert together[0][0] == together[2][0] == alone
     assert together[1][0] and together[1][0] != alone
+
+
+CITY = {"type": "object", "additionalProperties": False, "required": ["city", "country"],
+        "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 24},
+                       "country": {"type": "string", "minLength": 1, "maxLength": 24}}}
+
+
+def test_json_schema_answers_parse_and_validate(engine: Any) -> None:
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+    asks = [[{"role": "user", "content": f"Give a city of {c} as JSON."}] for c in ("France", "Italy", "Japan", "Peru")]
+    results = run(engine, *(answer(engine[0], a, temperature=1.0, max_tokens=64, response_format=fmt, seed=i)
+                            for i, a in enumerate(asks)))
+    stopped = [text for text, last in results if last["finish_reason"] == "stop"]
+    assert len(stopped) >= 3
+    for text in stopped:
+        jsonschema.validate(json.loads(text), CITY)
+
+
+def test_required_tool_call_parses_and_validates(engine: Any) -> None:
+    import jsonschema
+
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params}}]
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    async def merged() -> dict[str, Any]:
+        merger = ChunkMerger()
+        call = ModelCall("t", "gguf", CHAT_COMPLETIONS, ask, ConstrainedLLMParams(
+            temperature=1.0, max_tokens=64, tools=tools, tool_choice="required", seed=3))
+        async for chunk in engine[0].generate(call):
+            merger.add(chunk)
+        return merger.result()
+
+    [reply] = run(engine, merged())
+    assert reply["finish_reason"] == "tool_calls"
+    [call] = reply["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), params)
+
+
+def test_a_schema_llama_cpp_cannot_enforce_is_a_400(engine: Any) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}}}
+    with pytest.raises(InvalidRequestError) as err:
+        run(engine, answer(engine[0], response_format=fmt))
+    assert err.value.param == "response_format.json_schema.schema"

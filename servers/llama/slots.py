@@ -13,8 +13,9 @@ question asked by several clients at once) copies that slot's cache (``llama_mem
 of the KV stream inside llama.cpp) instead of computing it again, waiting a step or two if the other
 slot is still reading those tokens.
 
-Sampling is llama.cpp's own sampler chain per request (penalties, top-k, top-p, temperature, a
-seeded distribution, or greedy), applied to the request's row of the step's logits.
+Sampling is llama.cpp's own sampler chain per request (a grammar for constrained output, penalties,
+top-k, top-p, temperature, a seeded distribution, or greedy), applied to the request's row of the
+step's logits.
 
 Everything here runs on the engine's model thread; ``submit``/``cancel``/``stop`` are safe from others.
 """
@@ -48,6 +49,7 @@ class LlamaJob:
     params: LLMParams
     detokenizer: IncrementalDetokenizer
     emit: Callable[[TokenEvent], None]
+    grammar: str | None = None  # GBNF the output must match (servers.llama.grammar), None for free text
     cancelled: bool = False
     generated: int = 0
 
@@ -158,7 +160,7 @@ class SlotScheduler(DecodingLoop):
         slot.cached = job.prompt_ids[:keep]
         slot.to_read = job.prompt_ids[keep:]
         slot.job, slot.next_token = job, None
-        slot.sampler = self._sampler(job.params)
+        slot.sampler = self._sampler(job.params, job.grammar)
 
     def _donor(self, slot: _Slot, prompt: list[int], limit: int) -> tuple[_Slot | None, int]:
         """The other slot whose cache holds, or will hold once it read its prompt, the longest prefix of ``prompt``."""
@@ -190,10 +192,12 @@ class SlotScheduler(DecodingLoop):
                 continue  # the donor reads those tokens in this step
             slot.donor, slot.shared = None, 0
 
-    def _sampler(self, p: LLMParams) -> Any:
+    def _sampler(self, p: LLMParams, grammar: str | None) -> Any:
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lambda s: lib.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if grammar is not None:  # first: what it forbids never reaches the other samplers
+            add(lib.llama_sampler_init_grammar(self._model.vocab, grammar.encode(), b"root"))
         if p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0:
             # over the generated tokens, as OpenAI defines frequency and presence penalties
             add(lib.llama_sampler_init_penalties(self._model.n_vocab, p.max_tokens, p.repetition_penalty,

@@ -75,7 +75,7 @@ def validate_params(params_model: type[BaseModel], params: dict[str, Any], prefi
         if name in params and name not in params_model.model_fields:
             param = f"{prefix}.{name}" if prefix else name
             raise InvalidRequestError(f"{param} is not supported by this model's engine: it cannot constrain "
-                                      "decoding (TRANSFORMERS and VLLM models can)", param=param, code="unsupported_parameter")
+                                      "decoding (TRANSFORMERS, LLAMA_CPP and VLLM models can)", param=param, code="unsupported_parameter")
     try:
         return params_model.model_validate(params)
     except ValidationError as exc:

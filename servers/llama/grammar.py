@@ -1,0 +1,33 @@
+"""JSON schemas as llama.cpp grammars (GBNF), for ``response_format`` and forced tool calls on LLAMA_CPP.
+
+The schema (an ``OutputPlan``'s, the same one TRANSFORMERS compiles with xgrammar) is converted by
+llama.cpp's own converter (its Python port in ``llama_cpp.llama_grammar``) and enforced by llama.cpp's
+grammar sampler, first in each constrained request's sampler chain: tokens the grammar forbids never
+reach top-k, top-p or the draw, and end-of-sequence is allowed only once the JSON value is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from common.errors import InvalidRequestError
+from servers.llama.gguf_model import GgufModel
+
+
+def schema_grammar(model: GgufModel, schema: dict[str, Any], param: str) -> str:
+    """The GBNF grammar of ``schema``, checked by llama.cpp's parser; a schema it cannot enforce is a 400
+    naming ``param``."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        grammar = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # noqa: BLE001 - the converter raises plain exceptions for what it does not support
+        raise InvalidRequestError(f"{param}: the schema cannot be enforced: {exc}", param=param) from None
+    lib = model.llama.lib
+    sampler = lib.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    if not sampler:
+        reason = "; ".join(model.llama.take_errors()[-2:]) or "llama.cpp rejected its grammar"
+        raise InvalidRequestError(f"{param}: the schema cannot be enforced: {reason}", param=param)
+    lib.llama_sampler_free(sampler)
+    return grammar
