@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
+import time
 from typing import Any, AsyncIterator
 
 from bench.launcher import Platform
@@ -79,6 +81,18 @@ def replica_rss_mib(root_pid: int) -> float | None:
     return round(max(sizes) / 2**20, 1) if sizes else None
 
 
+async def unstreamed_tok_s(client: Any, url: str, body: dict[str, Any], repeats: int) -> float:
+    """Completion tokens per second of one request at a time, answered whole (not streamed): the median."""
+    check_loopback(url)
+    rates = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        async with client.post(url, json={**body, "stream": False}, headers={"Connection": "close"}) as response:
+            answer = await response.json()
+        rates.append(answer["usage"]["completion_tokens"] / (time.perf_counter() - began))
+    return round(statistics.median(rates), 2)
+
+
 async def measure(open_stream: StreamOpener, settings: RunSettings) -> dict[str, Any]:
     await timed_stream(open_stream)  # warm-up
     out: dict[str, Any] = {}
@@ -95,7 +109,9 @@ def measure_platform(kind: str, settings: RunSettings) -> dict[str, Any]:
 
         async def go() -> dict[str, Any]:
             async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
-                return await measure(lambda: sse_chunks(client, f"{p.base_url}/v1/infer", body), settings)
+                out = await measure(lambda: sse_chunks(client, f"{p.base_url}/v1/infer", body), settings)
+                out["unstreamed_tok_s"] = await unstreamed_tok_s(client, f"{p.base_url}/v1/infer", body, settings.repeats)
+                return out
 
         out = asyncio.run(go())
         out["rss_mib"] = replica_rss_mib(p.proc.pid)
@@ -135,8 +151,11 @@ def measure_llama_server(binary: str, settings: RunSettings) -> dict[str, Any]:
         body = {"model": LLM_ID, "messages": [{"role": "user", "content": PROMPT}], **p}
 
         async def go() -> dict[str, Any]:
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
             async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
-                return await measure(lambda: openai_chunks(client, f"http://127.0.0.1:{port}/v1/chat/completions", body), settings)
+                out = await measure(lambda: openai_chunks(client, url, body), settings)
+                out["unstreamed_tok_s"] = await unstreamed_tok_s(client, url, body, settings.repeats)
+                return out
 
         out = asyncio.run(go())
         import psutil
@@ -167,6 +186,8 @@ def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
                   "TRANSFORMERS", systems, HF_FP32)
     for c in CONCURRENCY:
         table.add(f"tokens/s, {c} concurrent stream(s)", {s: raw[s][f"c{c}"]["tok_s"] for s in systems}, key=True)
+    table.add("tokens/s, 1 request at a time, answered whole (not streamed)",
+              {s: raw[s].get("unstreamed_tok_s") for s in systems}, key=True)
     for c in CONCURRENCY:
         table.add(f"time to first token p50 (ms), {c} stream(s)", {s: raw[s][f"c{c}"]["ttft_p50_ms"] for s in systems})
     table.add(f"late joiner TTFT (ms), 1 stream started while {LATE_RUNNING} generate",
