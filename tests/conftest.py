@@ -327,4 +327,10 @@ def model_status(client: httpx.Client, model_id: str) -> dict[str, Any]:
 
 
 def wait_ready(client: httpx.Client, model_id: str, timeout: float = 240) -> None:
-    wait_until(lambda: model_status(client, model_id)["status"] == "ready", timeout=timeout, interval=1)
+    """Until the model's replica itself says ``ready`` (not the router's last known status of a replica that
+    did not answer in time, which carries ``status_age_s``)."""
+    def ready() -> bool:
+        status = model_status(client, model_id)
+        return status["status"] == "ready" and "status_age_s" not in status
+
+    wait_until(ready, timeout=timeout, interval=1)

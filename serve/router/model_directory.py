@@ -122,6 +122,8 @@ class ModelDirectory:
         woken by the request instead."""
         if self.replica_counts is None or entry.deployment in self.scales_to_zero or entry.deployment == ROUTER_DEPLOYMENT_NAME:
             return False
+        if time.monotonic() - self._last_seen.get(entry.deployment, (float("-inf"), {}))[0] < self.replica_counts.ttl_s:
+            return False  # one of its replicas answered a status poll just now, whatever the counts say
         counts = self.replica_counts.recent().get(entry.deployment)
         return bool(counts and counts.running == 0 and counts.target > 0 and entry.deployment in self.replica_counts.ever_running)
 
