@@ -97,6 +97,22 @@ def _arguments(arguments: Any) -> Any:
     return arguments if arguments is not None else {}
 
 
+def check_context(prompt_tokens: int, max_tokens: int, context: int, context_note: str = "") -> None:
+    """400 ``context_length_exceeded`` when the prompt, or the prompt plus ``max_tokens``, does not fit the
+    model's ``context`` (``context_note`` says where that limit is set)."""
+    if prompt_tokens >= context:
+        raise InvalidRequestError(
+            f"input is {prompt_tokens} tokens; the model's context is {context} tokens{context_note}",
+            param="input", code="context_length_exceeded",
+        )
+    if prompt_tokens + max_tokens > context:
+        raise InvalidRequestError(
+            f"max_tokens ({max_tokens}) + input ({prompt_tokens} tokens) exceeds the model's context of "
+            f"{context} tokens; use max_tokens <= {context - prompt_tokens}",
+            param="params.max_tokens", code="context_length_exceeded",
+        )
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     """The ``usage`` block of a response's final chunk."""
     return {

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from common.call import ModelCall
-from common.errors import InvalidRequestError
 from configs.llama_cpp_models import LlamaCppEngineConfig
 from configs.structured_models import ConstrainedLLMParams
 from servers.base_engine import TextGenerationEngine
-from servers.chat_prompt import encode_prompt
+from servers.chat_prompt import check_context, encode_prompt
 from servers.generation.token_events import TokenEvent, event_chunks, event_emitter
 from servers.model_thread import model_executor, run_blocking
 from servers.registry import register_engine
@@ -91,7 +90,7 @@ class LlamaCppEngine(TextGenerationEngine):
         params: ConstrainedLLMParams = call.params
         prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id, tools=plan.tools,
                                    use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
-        self._check_length(len(prompt_ids), params.max_tokens)
+        check_context(len(prompt_ids), params.max_tokens, self.model.n_ctx_seq, " per sequence (engine_kwargs.n_ctx)")
         grammar = None
         if plan.schema is not None:
             grammar = await asyncio.to_thread(schema_grammar, self.model, plan.schema, plan.schema_param)
@@ -104,17 +103,6 @@ class LlamaCppEngine(TextGenerationEngine):
         async with contextlib.aclosing(event_chunks(events, len(prompt_ids), lambda: self._slots.cancel(job))) as chunks:
             async for chunk in chunks:
                 yield chunk
-
-    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
-        limit = self.model.n_ctx_seq
-        if prompt_tokens >= limit:
-            raise InvalidRequestError(
-                f"input is {prompt_tokens} tokens; the model's context is {limit} tokens per sequence (engine_kwargs.n_ctx)",
-                param="input", code="context_length_exceeded")
-        if prompt_tokens + max_tokens > limit:
-            raise InvalidRequestError(
-                f"max_tokens ({max_tokens}) + input ({prompt_tokens} tokens) exceeds the model's context of {limit} "
-                f"tokens; use max_tokens <= {limit - prompt_tokens}", param="params.max_tokens", code="context_length_exceeded")
 
     async def check_health(self) -> None:
         if self._slots is not None and not self._slots.is_alive():

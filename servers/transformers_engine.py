@@ -20,7 +20,7 @@ from configs.structured_models import ConstrainedLLMParams
 from common.call import ModelCall
 from servers.base_engine import TextGenerationEngine
 from servers.generation.token_events import TokenEvent, event_chunks, event_emitter
-from servers.chat_prompt import encode_prompt
+from servers.chat_prompt import check_context, encode_prompt
 from servers.model_thread import model_executor, run_blocking
 from servers.registry import register_engine
 from servers.structured_output import OutputPlan, output_plan
@@ -166,7 +166,7 @@ class TransformersEngine(TextGenerationEngine):
 
         params: ConstrainedLLMParams = call.params
         prompt_ids = self._encode(call.input, params, plan.tools)
-        self._check_length(len(prompt_ids), params.max_tokens)
+        check_context(len(prompt_ids), params.max_tokens, self.max_model_len)
         constraint = await self._constraint(plan)
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         job = GenerationJob(
@@ -200,19 +200,6 @@ class TransformersEngine(TextGenerationEngine):
                 self._grammars = await asyncio.to_thread(SchemaGrammars, self.tokenizer, self._vocab_size(), self._eos_ids())
         grammar = await asyncio.to_thread(self._grammars.compile, plan.schema, plan.schema_param)
         return self._grammars.mask(grammar)
-
-    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
-        if prompt_tokens >= self.max_model_len:
-            raise InvalidRequestError(
-                f"input is {prompt_tokens} tokens; the model's context is {self.max_model_len} tokens",
-                param="input", code="context_length_exceeded",
-            )
-        if prompt_tokens + max_tokens > self.max_model_len:
-            raise InvalidRequestError(
-                f"max_tokens ({max_tokens}) + input ({prompt_tokens} tokens) exceeds the model's context of "
-                f"{self.max_model_len} tokens; use max_tokens <= {self.max_model_len - prompt_tokens}",
-                param="params.max_tokens", code="context_length_exceeded",
-            )
 
     def _vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
