@@ -119,9 +119,6 @@ class LlamaCppEngine(TextGenerationEngine):
     def stats(self) -> dict[str, Any]:
         return self._slots.stats() if self._slots is not None else {}
 
-    def memory_bytes(self) -> int | None:
-        return None  # the weights plus the KV cache: the pool's RSS measurement counts both
-
 
 def gguf_path(source: str, cfg: LlamaCppEngineConfig) -> Path:
     """The GGUF file: ``model_source`` itself, or ``gguf_file`` inside it."""

@@ -66,7 +66,7 @@ class GgufModel:
             raise GgufLoadError(f"{path}: llama.cpp cannot make a context of {ctx_params.n_ctx} tokens: "
                                 f"{self._reason('not enough memory?')}")
         self.memory = lib.llama_get_memory(self.ctx)
-        self.n_parallel, self.n_batch, self.n_threads = n_parallel, n_batch, n_threads
+        self.n_parallel, self.n_batch = n_parallel, n_batch
         self._pieces: dict[int, bytes] = {}
 
     def _reason(self, default: str) -> str:
@@ -113,10 +113,6 @@ class GgufModel:
             buf = ctypes.create_string_buffer(n + 1)
             self.llama.lib.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
-
-    def size_bytes(self) -> int:
-        """The weights' bytes in memory (quantized as in the file)."""
-        return int(self.llama.lib.llama_model_size(self.model))
 
     def close(self) -> None:
         lib = self.llama.lib
