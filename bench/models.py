@@ -17,6 +17,7 @@ from bench.processes import REPO_ROOT
 DEMO_CONFIG = REPO_ROOT / "model_config.yaml"
 FAKE_ENGINE_MODULES = ["tests.fake_engines"]
 LLM_ID, OCR_ID, WHISPER_ID, VIDEO_ID = "smollm2-135m-instruct", "ocr", "whisper-tiny-en", "video"
+HF_LLM_ID = "smollm2-135m-fp32"  # the same GGUF on TRANSFORMERS, float32 (the demo's default LLM is LLAMA_CPP)
 EMBEDDING_ID = "all-minilm-l6-v2"
 TTS_ID = "piper-en-us"
 
@@ -46,8 +47,12 @@ def demo_router_config() -> dict[str, Any]:
 
 
 def llm_entry(num_threads: int = 2) -> dict[str, Any]:
-    """SmolLM2 as in the demo config, with torch threads pinned (Ray sets OMP_NUM_THREADS=1 in replicas)."""
-    [entry] = demo_entries(LLM_ID)
+    """SmolLM2 on TRANSFORMERS as in the demo config (loaded at start, in a deployment of its own), with torch
+    threads pinned (Ray sets OMP_NUM_THREADS=1 in replicas)."""
+    [entry] = demo_entries(HF_LLM_ID)
+    for key in ("load", "keep_alive", "pin"):
+        entry.pop(key, None)
+    entry["deployment_config"] = {**entry.get("deployment_config", {}), "name": "llm-deployment"}
     entry["engine_kwargs"] = {**entry.get("engine_kwargs", {}), "num_threads": num_threads}
     return entry
 

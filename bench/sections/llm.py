@@ -27,7 +27,7 @@ from bench.hf_llm import generate_tok_s, load_causal_lm
 from bench.inprocess import InProcessModel
 from bench.launcher import Platform
 from bench.loadgen import session, sse_chunks
-from bench.models import LLM_ID, demo_router_config, llm_entry
+from bench.models import HF_LLM_ID, demo_router_config, llm_entry
 from bench.processes import Server, paused
 from bench.settings import RunSettings, SectionOutput
 from bench.stats import median_runs, merge_measurements
@@ -73,7 +73,7 @@ async def measure_streams(open_stream: StreamOpener, settings: RunSettings,
 
 def http_opener(client: Any, url: str, settings: RunSettings) -> StreamOpener:
     """Streams of the section's request through ``POST url`` (the platform's or LitServe's ``/v1/infer``)."""
-    body = {"model_id": LLM_ID, "input": PROMPT, "params": params(settings)}
+    body = {"model_id": HF_LLM_ID, "input": PROMPT, "params": params(settings)}
     return lambda: sse_chunks(client, url, body)
 
 
