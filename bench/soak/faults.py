@@ -26,7 +26,7 @@ import psutil
 import yaml
 
 from bench.launcher import Platform
-from bench.models import LLM_ID, OCR_ID
+from bench.models import EMBEDDING_ID, LLM_ID, OCR_ID
 from bench.processes import LOG_DIR, bench_env, own_processes
 from bench.soak.client import Clients
 from bench.soak.kinds import OK, Kind, chat_body, long_stream, slow_reader
@@ -34,6 +34,8 @@ from bench.soak.kinds import OK, Kind, chat_body, long_stream, slow_reader
 logger = logging.getLogger(__name__)
 
 RECOVERY_TIMEOUT_S = 240.0
+WORKER_RESOURCE = "soak_worker"  # the custom resource of the second node (bench/ray_head.py --worker-node)
+WORKER_MODEL = EMBEDDING_ID  # the model whose replica is placed on that node
 SERVE_CLI = Path(sys.executable).parent / "serve"
 
 
@@ -144,6 +146,30 @@ class Faults:
             return new is not None and new != pid and await self._probe(self.kinds["infer_ocr"])
 
         return FaultResult("router_replica_sigkill", at_s, await self._until(serving, since), {"old_pid": pid})
+
+    def _worker_raylet_pid(self) -> int | None:
+        """The raylet of the second node: the one started with the worker's custom resource."""
+        for pid in own_processes(self.platform.proc.pid):
+            try:
+                cmdline = psutil.Process(pid).cmdline()
+            except psutil.Error:
+                continue
+            if cmdline and cmdline[0].endswith("raylet") and any(WORKER_RESOURCE in arg for arg in cmdline):
+                return pid
+        return None
+
+    async def kill_worker_raylet(self, at: float) -> FaultResult:
+        """SIGKILL the worker node's raylet: the node and the replica on it die; the cluster manager (here
+        ``bench/ray_head.py``) starts a new node, and Serve places the model's replica there again."""
+        pid = self._worker_raylet_pid()
+        if pid is None:
+            return FaultResult("worker_raylet_sigkill", self.clients.now(), None, {"error": "no worker raylet found"})
+        old_pid = ((await self._model(WORKER_MODEL)).get("replica") or {}).get("pid")
+        since, at_s = time.monotonic(), self.clients.now()
+        self._kill(pid, "worker node's raylet")
+        recovery = await self._until(lambda: self._replaced(WORKER_MODEL, old_pid, self.kinds["embeddings"]), since)
+        return FaultResult("worker_raylet_sigkill", at_s, recovery,
+                           {"model_on_node": WORKER_MODEL, "raylet_pid": pid, "new_raylet_pid": self._worker_raylet_pid()})
 
     async def redeploy(self, at: float) -> FaultResult:
         """``serve deploy`` of the running config with one model's engine settings changed (OCR's threads)."""

@@ -6,7 +6,8 @@
 
 The platform starts as ``make run`` starts it (the demo config's LLM, Whisper, OCR and embedding entries and router
 settings), on a Ray head of its own with a dashboard port (for ``serve deploy``) and a metrics port (for the
-replicas' asyncio task counts). Then: a reference answer per request kind, the mix's capacity (closed loop),
+replicas' asyncio task counts), plus a second Ray node on the same machine that holds the embedding model's
+replica (the node whose raylet a fault kills; ``bench/ray_head.py`` replaces it, as a cluster manager would). Then: a reference answer per request kind, the mix's capacity (closed loop),
 and the soak: Poisson arrivals at ``--fraction`` of that capacity for the duration, with the faults of
 ``schedule()`` injected at their times. Every request is accounted for (``bench/soak/client.py``);
 ``docs/benchmarks.md`` explains the report.
@@ -30,14 +31,13 @@ from bench.profiles import get_profile
 from bench.soak import report
 from bench.soak.client import LOST_OUTCOME, Clients, measure_capacity
 from bench.soak.drift import Drift
-from bench.soak.faults import RECOVERY_TIMEOUT_S, FaultResult, Faults
+from bench.soak.faults import RECOVERY_TIMEOUT_S, WORKER_MODEL, WORKER_RESOURCE, FaultResult, Faults
 from bench.soak.kinds import OK, Attempt, Kind, build_kinds
 from common.ports import free_port
 
 logger = logging.getLogger("bench.soak")
 
-SKIPPED_FAULTS = [{"name": "worker_raylet_sigkill", "why": "the bench has no two-node setup (tests/test_multinode.py "
-                   "kills a node of its own two-node cluster in the test suite)"}]
+SKIPPED_FAULTS: list[dict[str, str]] = []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +60,9 @@ class SoakSettings:
 def schedule(settings: SoakSettings, faults: Faults) -> list[tuple[float, Callable[[float], Awaitable[FaultResult]]]]:
     """(seconds into the load, fault): spaced so each has recovered before the next in a full run."""
     burst_s = 6.0 if settings.quick else 30.0
-    at = [8, 20, 30, 38, 42, 48] if settings.quick else [150, 220, 290, 360, 400, 440]
-    steps = [faults.kill_model_replica, faults.kill_router, faults.redeploy, faults.disconnect_storm, faults.slow_readers,
-             lambda when: faults.burst(when, burst_s)]
+    at = [8, 18, 26, 34, 40, 44, 50] if settings.quick else [150, 210, 270, 340, 400, 440, 480]
+    steps = [faults.kill_model_replica, faults.kill_router, faults.kill_worker_raylet, faults.redeploy,
+             faults.disconnect_storm, faults.slow_readers, lambda when: faults.burst(when, burst_s)]
     return list(zip(at, steps))
 
 
@@ -134,12 +134,24 @@ async def soak(platform: Platform, settings: SoakSettings, dashboard_port: int, 
     }
 
 
+def on_worker_node(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry with its replica placed on the second node, which alone has ``WORKER_RESOURCE`` and has no CPUs
+    (so no other replica lands there: each reserves some CPU). Its engine's threads are set in the entry."""
+    deployment = entry.setdefault("deployment_config", {})
+    options = deployment.setdefault("ray_actor_options", {})
+    options["resources"] = {**options.get("resources", {}), WORKER_RESOURCE: 0.1}
+    options["num_cpus"] = 0
+    return entry
+
+
 def run(settings: SoakSettings) -> Path:
     machine = describe_machine()
     dashboard_port, metrics_port = free_port(), free_port()
     profile = dataclasses.replace(get_profile("default"), name="soak", head_flags=(
-        f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--metrics-export-port={metrics_port}"))
-    entries = demo_entries(LLM_ID, WHISPER_ID, OCR_ID, EMBEDDING_ID)
+        f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--metrics-export-port={metrics_port}",
+        f"--worker-node={WORKER_RESOURCE}"))
+    entries = [on_worker_node(e) if e["model_loading_config"]["model_id"] == WORKER_MODEL else e
+               for e in demo_entries(LLM_ID, WHISPER_ID, OCR_ID, EMBEDDING_ID)]
     with Platform(entries, profile, router_config=demo_router_config(), label="soak") as platform:
         result = asyncio.run(soak(platform, settings, dashboard_port, metrics_port))
     result["machine"] = machine
