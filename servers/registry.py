@@ -27,6 +27,7 @@ BUILTIN_ENGINE_MODULES: dict[str, str] = {
     "EMBEDDING": "servers.embedding_engine",
     "VLLM_EMBEDDING": "servers.vllm_embedding_engine",
     "LLAMA_CPP": "servers.llama_cpp_engine",
+    "LLAMA_CPP_EMBEDDING": "servers.llama_cpp_embedding_engine",
 }
 
 

@@ -19,6 +19,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHISPER_DIR = REPO_ROOT / "models" / "whisper-tiny-en"
 OCR_DIR = REPO_ROOT / "models" / "ocr"
 MINILM_DIR = REPO_ROOT / "models" / "all-minilm-l6-v2"
+MINILM_GGUF = "all-MiniLM-L6-v2.gguf"  # made from the folder by `make models` (scripts/minilm_to_gguf.py)
 PIPER_DIR = REPO_ROOT / "models" / "piper-en-us"
 FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 MEDIA_MAX_INPUT_BYTES = 2_000_000  # the media entries' limit in the integration app (413 above)
@@ -132,11 +133,15 @@ def media_entries() -> list[dict[str, Any]]:
 
 
 def embedding_entries(cross_encoder: Path | None) -> list[dict[str, Any]]:
-    """Real all-MiniLM-L6-v2 (as the demo serves it) and a tiny random cross-encoder, in one replica."""
+    """Real all-MiniLM-L6-v2 (as the demo serves it, and as a GGUF on llama.cpp) and a tiny random cross-encoder, in one replica."""
     entries: list[dict[str, Any]] = [{
         "model_loading_config": {"model_id": "all-minilm-l6-v2", "model_source": str(MINILM_DIR), "type": "EMBEDDING"},
         "deployment_config": {"name": "embeddings", "ray_actor_options": {"num_cpus": 0.2}},
         "engine_kwargs": {"num_threads": 1},
+    }, {  # the same model as a GGUF on llama.cpp (LLAMA_CPP_EMBEDDING), in the same replica
+        "model_loading_config": {"model_id": "all-minilm-l6-v2-gguf", "model_source": str(MINILM_DIR), "type": "LLAMA_CPP_EMBEDDING"},
+        "deployment_config": {"name": "embeddings"},
+        "engine_kwargs": {"gguf_file": MINILM_GGUF, "num_threads": 1},
     }]
     if cross_encoder is not None:
         entries.append({

@@ -167,7 +167,7 @@ def test_default_config_lists_the_demo_models_with_their_types() -> None:
     models = vllm_host.load_multi_model_config(str(REPO_ROOT / "model_config.yaml"))
     listed = [vllm_host._index_entry(m) for m in models]  # what the router's /v1/models is built from
     types = {m["model_id"]: m["type"] for m in listed}
-    assert {("smollm2-135m-instruct", "TRANSFORMERS"), ("smollm2-135m-bf16", "TRANSFORMERS"), ("smollm2-135m-raw", "TRANSFORMERS"),
+    assert {("smollm2-135m-instruct", "LLAMA_CPP"), ("smollm2-135m-fp32", "TRANSFORMERS"), ("smollm2-135m-bf16", "TRANSFORMERS"), ("smollm2-135m-raw", "TRANSFORMERS"),
             ("whisper-tiny-en", "AUDIO"), ("ocr", "VISION"), ("video", "VIDEO"), ("all-minilm-l6-v2", "EMBEDDING")} <= set(types.items())
     sized = [m["deployment_config"]["ray_actor_options"] for m in listed if "ray_actor_options" in m["deployment_config"]]
     assert sized and all(options["num_cpus"] <= 0.5 for options in sized)
@@ -182,10 +182,11 @@ def test_engine_modules_import_no_heavy_library() -> None:
 
     from tests.conftest import REPO_ROOT
 
-    heavy = ("torch", "av", "faster_whisper", "ctranslate2", "rapidocr_onnxruntime", "transformers", "PIL", "numpy", "onnxruntime")
+    heavy = ("torch", "av", "faster_whisper", "ctranslate2", "rapidocr_onnxruntime", "transformers", "PIL", "numpy",
+             "onnxruntime", "llama_cpp")
     code = (
         "import sys, servers.audio_engine, servers.vision_engine, servers.video_engine, servers.embedding_engine, "
-        "serve.router.endpoints.embeddings; "
+        "servers.llama_cpp_engine, servers.llama_cpp_embedding_engine, serve.router.endpoints.embeddings; "
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

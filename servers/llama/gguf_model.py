@@ -1,5 +1,8 @@
 """A GGUF model loaded by llama.cpp: its weights, one context of ``n_parallel`` sequences, its vocabulary.
 
+With ``embeddings=True`` the context returns pooled hidden states instead of logits (an embedding model,
+``type: LLAMA_CPP_EMBEDDING``, ``servers.llama.embeddings``); generation contexts are unchanged.
+
 ``GgufTokenizer`` gives the vocabulary the face of a Hugging Face tokenizer (``chat_template``,
 ``apply_chat_template``, ``__call__``, ``decode``), so ``servers.chat_prompt`` builds LLAMA_CPP
 prompts with the same code, and the same Jinja rendering, as TRANSFORMERS does: the same messages
@@ -37,7 +40,8 @@ def check_gguf_file(path: Path) -> None:
 class GgufModel:
     """Weights and context of one GGUF model; every method runs on the engine's model thread."""
 
-    def __init__(self, path: Path, *, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int) -> None:
+    def __init__(self, path: Path, *, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int,
+                 embeddings: bool = False, pooling_type: int | None = None) -> None:
         check_gguf_file(path)
         self.path = path
         self.llama = llama_library()
@@ -59,13 +63,17 @@ class GgufModel:
         ctx_params.n_threads = ctx_params.n_threads_batch = n_threads
         ctx_params.kv_unified = False  # one KV stream per sequence: each slot keeps its own prompt cache
         ctx_params.no_perf = True
+        if embeddings:  # llama.cpp pools each sequence's last hidden states (llama_get_embeddings_seq)
+            ctx_params.embeddings = True
+            if pooling_type is not None:  # else the file's own <arch>.pooling_type
+                ctx_params.pooling_type = pooling_type
         self.ctx = lib.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
             lib.llama_model_free(self.model)
             self.model = None
             raise GgufLoadError(f"{path}: llama.cpp cannot make a context of {ctx_params.n_ctx} tokens: "
                                 f"{self._reason('not enough memory?')}")
-        self.memory = lib.llama_get_memory(self.ctx)
+        self.memory = lib.llama_get_memory(self.ctx)  # None for models without a KV cache (BERT encoders)
         self.n_parallel, self.n_batch = n_parallel, n_batch
         self._pieces: dict[int, bytes] = {}
 
