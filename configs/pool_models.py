@@ -70,7 +70,8 @@ class LoraAdapterConfig(BasePydantic):
     """A LoRA adapter of a model (a local PEFT folder): requests name it ``<model_id>:<adapter_id>``."""
 
     adapter_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
-    source: str = Field(description="Local folder with adapter_config.json and the adapter weights.")
+    source: str = Field(description="Local folder with adapter_config.json and the adapter weights (PEFT); for "
+                        "LLAMA_CPP a GGUF LoRA file, or a folder holding one (scripts/peft_lora_to_gguf.py converts).")
 
 
 def check_load_policy(keep_alive: float, pin: bool) -> None:

@@ -5,7 +5,9 @@ de-quantizes to 16 or 32 bits) and decode through llama.cpp's kernels. Requests 
 context of ``n_parallel`` sequences, batched by our own loop on llama.cpp's batch API
 (``servers.llama.slots``): continuous batching, prompt-prefix reuse per slot, cancellation when a
 client goes away. Prompts are built by the same code as TRANSFORMERS (``servers.chat_prompt``) from
-the GGUF's own chat template. llama.cpp comes from the ``llama-cpp-python`` package (built from
+the GGUF's own chat template. LoRA adapters in GGUF form (the entry's ``lora_adapters``) load at
+start and are chosen per request; requests on different adapters and on the base model share the
+slots (``servers.llama.lora``). llama.cpp comes from the ``llama-cpp-python`` package (built from
 source by pip on first install; see docs/engines.md).
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from common.call import ModelCall
+from common.errors import InvalidRequestError, NotFoundError
 from configs.llama_cpp_models import LlamaCppEngineConfig
 from configs.structured_models import ConstrainedLLMParams
 from servers.base_engine import TextGenerationEngine
@@ -45,13 +48,16 @@ class LlamaCppEngine(TextGenerationEngine):
         self.model: Any = None  # servers.llama.gguf_model.GgufModel
         self.tokenizer: Any = None
         self._slots: Any = None  # servers.llama.slots.SlotScheduler
+        self._loras: dict[str, Any] = {}  # adapter id -> servers.llama.lora.GgufLora
         self._executor = model_executor(self.model_id)
 
     @classmethod
     def estimate_footprint(cls, config: Any, engine_config: LlamaCppEngineConfig) -> int | None:
         from common.footprint import files_size
 
-        return files_size(str(gguf_path(config.model_loading_config.model_source, engine_config)))
+        model = files_size(str(gguf_path(config.model_loading_config.model_source, engine_config)))
+        adapters = [files_size(a.source) for a in config.lora_adapters]
+        return None if model is None else model + sum(size or 0 for size in adapters)
 
     @classmethod
     def import_libraries(cls) -> None:
@@ -66,6 +72,7 @@ class LlamaCppEngine(TextGenerationEngine):
     def _load(self) -> None:
         from cloud.cloud_utils import resolve_model_source
         from servers.llama.gguf_model import GgufModel, GgufTokenizer
+        from servers.llama.lora import LoraSwitch
         from servers.llama.slots import SlotScheduler
 
         cfg = self.engine_config
@@ -73,9 +80,30 @@ class LlamaCppEngine(TextGenerationEngine):
         threads = cfg.num_threads or replica_cpus()
         self.model = GgufModel(path, n_ctx=cfg.n_ctx, n_parallel=cfg.n_parallel, n_batch=cfg.n_batch, n_threads=threads)
         self.tokenizer = GgufTokenizer(self.model)
-        self._slots = SlotScheduler(self.model)
+        self._loras = self._load_loras()
+        self._slots = SlotScheduler(self.model, LoraSwitch(self.model, self._loras) if self._loras else None)
         logger.info("loaded %s from %s (llama.cpp, %d threads, %d slots of %d tokens)",
                     self.model_id, path.name, threads, cfg.n_parallel, self.model.n_ctx_seq)
+
+    def _load_loras(self) -> dict[str, Any]:
+        """The entry's adapters, all loaded now; one that fails frees the model and fails the start, naming it."""
+        from servers.llama.lora import load_loras
+
+        try:
+            return load_loras(self.model, {a.adapter_id: a.source for a in self.config.lora_adapters})
+        except BaseException:
+            self.model.close()
+            self.model = None
+            raise
+
+    def load_adapter(self, adapter: str) -> Any:
+        """The loaded adapter a request names (all of them load at start); an unknown one is a 404."""
+        if adapter not in self._loras:
+            if not self.config.lora_adapters:
+                raise InvalidRequestError(f"model '{self.model_id}' has no adapters", param="model")
+            raise NotFoundError(f"unknown adapter '{adapter}'; adapters: {', '.join(self._loras) or 'none'}",
+                                param="model", code="adapter_not_found")
+        return self._loras[adapter]
 
     def generate(self, call: ModelCall) -> AsyncIterator[dict[str, Any]]:
         """The model's tokens; tool calls are read from them when the request has tools."""
@@ -88,6 +116,8 @@ class LlamaCppEngine(TextGenerationEngine):
         from servers.llama.slots import LlamaJob
 
         params: ConstrainedLLMParams = call.params
+        if call.adapter is not None:
+            self.load_adapter(call.adapter)
         prompt_ids = encode_prompt(self.tokenizer, call.input, model_id=self.model_id, tools=plan.tools,
                                    use_chat_template=self.engine_config.use_chat_template, raw_prompt=params.raw_prompt)
         check_context(len(prompt_ids), params.max_tokens, self.model.n_ctx_seq, " per sequence (engine_kwargs.n_ctx)")
@@ -96,7 +126,7 @@ class LlamaCppEngine(TextGenerationEngine):
             grammar = await asyncio.to_thread(schema_grammar, self.model, plan.schema, plan.schema_param)
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         job = LlamaJob(request_id=call.request_id or uuid.uuid4().hex, prompt_ids=prompt_ids,
-                       max_new_tokens=params.max_tokens, params=params, grammar=grammar,
+                       max_new_tokens=params.max_tokens, params=params, grammar=grammar, adapter=call.adapter,
                        detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop), emit=event_emitter(events))
         self._slots.submit(job)
         # aclosing: a client that goes away closes this generator, and the decoding loop hears of it at once
@@ -114,10 +144,12 @@ class LlamaCppEngine(TextGenerationEngine):
         if self.model is not None:
             await run_blocking(self._executor, self.model.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self.model, self._slots = None, None
+        self.model, self._slots, self._loras = None, None, {}
 
     def stats(self) -> dict[str, Any]:
-        return self._slots.stats() if self._slots is not None else {}
+        if self._slots is None:
+            return {}
+        return {**self._slots.stats(), **({"adapters_loaded": sorted(self._loras)} if self._loras else {})}
 
 
 def gguf_path(source: str, cfg: LlamaCppEngineConfig) -> Path:

@@ -53,13 +53,24 @@ def build_tiny_llama(target: Path, dtype: str = "float32", seed: int = 0, hidden
     return target
 
 
-# The attention shapes of the demo SmolLM2-135M (a LoRA for it needs only these).
+# The layer shapes of the demo SmolLM2-135M (a LoRA for it needs only these).
 SMOLLM2_SHAPES = SimpleNamespace(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30,
-                                 head_dim=64)
+                                 head_dim=64, intermediate_size=1536)
 
 
-def build_lora(target: Path, base_config: Any, seed: int, rank: int = 4, scale: float = 0.2) -> Path:
-    """A PEFT LoRA folder on ``q_proj``/``v_proj`` with random non-zero A and B (trained LoRAs have
+def lora_module_shapes(base_config: Any) -> dict[str, tuple[int, int]]:
+    """(in features, out features) of each linear layer of a llama decoder layer, by peft module name."""
+    hidden = base_config.hidden_size
+    head_dim = getattr(base_config, "head_dim", None) or hidden // base_config.num_attention_heads
+    q, kv = base_config.num_attention_heads * head_dim, base_config.num_key_value_heads * head_dim
+    ffn = getattr(base_config, "intermediate_size", None) or 4 * hidden
+    return {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
+            "gate_proj": (hidden, ffn), "up_proj": (hidden, ffn), "down_proj": (ffn, hidden)}
+
+
+def build_lora(target: Path, base_config: Any, seed: int, rank: int = 4, scale: float = 0.2,
+               modules: tuple[str, ...] = ("q_proj", "v_proj"), use_rslora: bool = False) -> Path:
+    """A PEFT LoRA folder on ``modules`` with random non-zero A and B (trained LoRAs have
     non-zero B), written without loading the base model: only its config's shapes are needed."""
     import json
 
@@ -68,19 +79,20 @@ def build_lora(target: Path, base_config: Any, seed: int, rank: int = 4, scale: 
 
     target.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
-    hidden = base_config.hidden_size
-    head_dim = getattr(base_config, "head_dim", None) or hidden // base_config.num_attention_heads
-    outputs = {"q_proj": base_config.num_attention_heads * head_dim, "v_proj": base_config.num_key_value_heads * head_dim}
+    shapes = lora_module_shapes(base_config)
     tensors = {}
     for layer in range(base_config.num_hidden_layers):
-        for module, out in outputs.items():
-            key = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden, generator=generator) * scale
-            tensors[f"{key}.lora_B.weight"] = torch.randn(out, rank, generator=generator) * scale
+        for module in modules:
+            parent = "mlp" if module in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            key = f"base_model.model.model.layers.{layer}.{parent}.{module}"
+            fan_in, fan_out = shapes[module]
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, fan_in, generator=generator) * scale
+            tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, generator=generator) * scale
     save_file(tensors, str(target / "adapter_model.safetensors"))
     (target / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank * 4, "lora_dropout": 0.0,
-        "target_modules": list(outputs), "bias": "none", "base_model_name_or_path": None, "inference_mode": True,
+        "target_modules": list(modules), "bias": "none", "base_model_name_or_path": None, "inference_mode": True,
+        "use_rslora": use_rslora,
     }))
     return target
 

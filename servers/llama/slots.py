@@ -13,6 +13,13 @@ question asked by several clients at once) copies that slot's cache (``llama_mem
 of the KV stream inside llama.cpp) instead of computing it again, waiting a step or two if the other
 slot is still reading those tokens.
 
+LoRA adapters (``servers.llama.lora``) apply to the whole context, so a step whose slots name different
+adapters (or some the base model) makes one ``llama_decode`` per adapter, each with its adapter set,
+the context's current adapter first (what llama-server does). A step whose slots all use one adapter,
+or none (every engine without adapters), is one decode with no adapter call, as before. A slot's
+cache is computed with its adapter: its prefix is reused, or copied to another slot, only for a
+request on the same adapter.
+
 Sampling is llama.cpp's own sampler chain per request (a grammar for constrained output, penalties,
 top-k, top-p, temperature, a seeded distribution, or greedy), applied to the request's row of the
 step's logits.
@@ -32,6 +39,7 @@ from servers.generation.decoding_loop import DecodingLoop
 from servers.generation.detokenizer import IncrementalDetokenizer
 from servers.generation.token_events import TokenEvent
 from servers.llama.gguf_model import GgufModel
+from servers.llama.lora import LoraSwitch
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ class LlamaJob:
     detokenizer: IncrementalDetokenizer
     emit: Callable[[TokenEvent], None]
     grammar: str | None = None  # GBNF the output must match (servers.llama.grammar), None for free text
+    adapter: str | None = None  # the LoRA adapter it runs through (an id of the engine's LoraSwitch), None: the base
     cancelled: bool = False
     generated: int = 0
 
@@ -64,6 +73,11 @@ class _Slot:
     sampler: Any = None
     donor: "_Slot | None" = None  # the slot whose cache this one copies its prompt's first ``shared`` tokens from
     shared: int = 0
+    adapter: str | None = None  # the LoRA adapter its cache was computed with
+
+    def prefix_for(self, job: LlamaJob) -> int:
+        """Tokens of the job's prompt this slot's cache holds (none when computed with another adapter)."""
+        return common_prefix(self.cached, job.prompt_ids) if self.adapter == job.adapter else 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -76,9 +90,10 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class SlotScheduler(DecodingLoop):
-    def __init__(self, model: GgufModel) -> None:
+    def __init__(self, model: GgufModel, loras: LoraSwitch | None = None) -> None:
         super().__init__()
         self._model = model
+        self._loras = loras
         self._lib = model.llama.lib
         self._slots = [_Slot(seq_id=i) for i in range(model.n_parallel)]
         self._capacity = max(model.n_batch, model.n_parallel)
@@ -97,7 +112,8 @@ class SlotScheduler(DecodingLoop):
         return {"running": sum(s.job is not None for s in self._slots), "waiting": len(self._pending),
                 "slots": len(self._slots), "generated_tokens": self.generated_tokens,
                 "finished_requests": self.finished_requests, "reused_prompt_tokens": self.reused_prompt_tokens,
-                "shared_prompt_tokens": self.shared_prompt_tokens}
+                "shared_prompt_tokens": self.shared_prompt_tokens,
+                **({"adapter_switches": self._loras.switches} if self._loras is not None else {})}
 
     # -- model thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -144,14 +160,15 @@ class SlotScheduler(DecodingLoop):
                 return
             if job.cancelled:
                 continue
-            slot = max(free, key=lambda s: common_prefix(s.cached, job.prompt_ids))
+            slot = max(free, key=lambda s: s.prefix_for(job))
             free.remove(slot)
             self._assign(slot, job)
 
     def _assign(self, slot: _Slot, job: LlamaJob) -> None:
         # at least the prompt's last token is decoded again: its logits give the first new token
         limit = len(job.prompt_ids) - 1
-        keep = min(common_prefix(slot.cached, job.prompt_ids), limit)
+        keep = min(slot.prefix_for(job), limit)
+        slot.adapter = job.adapter
         donor, shared = self._donor(slot, job.prompt_ids, limit)
         if shared >= keep + MIN_SHARED_PREFIX:
             keep, slot.donor, slot.shared = 0, donor, shared  # reads nothing until the copy (next steps)
@@ -163,10 +180,11 @@ class SlotScheduler(DecodingLoop):
         slot.sampler = self._sampler(job.params, job.grammar)
 
     def _donor(self, slot: _Slot, prompt: list[int], limit: int) -> tuple[_Slot | None, int]:
-        """The other slot whose cache holds, or will hold once it read its prompt, the longest prefix of ``prompt``."""
+        """The other slot whose cache holds, or will hold once it read its prompt, the longest prefix of ``prompt``
+        (computed with the same adapter)."""
         best, shared = None, 0
         for other in self._slots:
-            if other is not slot and other.donor is None:
+            if other is not slot and other.donor is None and other.adapter == slot.adapter:
                 n = min(common_prefix(other.cached + other.to_read, prompt), limit)
                 if n > shared:
                     best, shared = other, n
@@ -180,7 +198,9 @@ class SlotScheduler(DecodingLoop):
             if donor is None or slot.job is None:
                 continue
             prompt = slot.job.prompt_ids
-            if common_prefix(donor.cached, prompt) >= slot.shared:
+            if donor.adapter != slot.adapter:  # the donor took a request on another adapter
+                slot.cached, slot.to_read = [], list(prompt)
+            elif common_prefix(donor.cached, prompt) >= slot.shared:
                 memory = self._model.memory
                 self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)
                 self._lib.llama_memory_seq_rm(memory, slot.seq_id, slot.shared, -1)
@@ -214,16 +234,35 @@ class SlotScheduler(DecodingLoop):
         return chain
 
     def _step(self, batch: Any) -> None:
-        """One llama_decode over every busy slot; then each slot whose logits came out samples a token."""
+        """One llama_decode over the busy slots per adapter among them (one in all without adapters)."""
+        if self._loras is None:
+            self._decode(batch, self._slots)
+            return
+        for adapter, slots in self._adapter_groups():
+            self._loras.use(adapter)
+            self._decode(batch, slots)
+
+    def _adapter_groups(self) -> list[tuple[str | None, list[_Slot]]]:
+        """The busy slots by adapter, the context's current adapter first: it needs no switch, and the last group's
+        adapter stays set for the next step's first decode."""
+        groups: dict[str | None, list[_Slot]] = {}
+        for slot in self._slots:
+            if slot.job is not None:
+                groups.setdefault(slot.adapter, []).append(slot)
+        current = self._loras.current if self._loras is not None else None
+        return sorted(groups.items(), key=lambda group: group[0] != current)
+
+    def _decode(self, batch: Any, slots: list[_Slot]) -> None:
+        """One llama_decode over ``slots``; then each slot whose logits came out samples a token."""
         n, outputs, reads = 0, [], []
-        for slot in self._slots:  # generating slots first: one token each, never starved by prompts
+        for slot in slots:  # generating slots first: one token each, never starved by prompts
             if slot.job is not None and slot.next_token is not None:
                 self._put(batch, n, slot.next_token, len(slot.cached), slot.seq_id, True)
                 outputs.append((slot, n))
                 slot.cached.append(slot.next_token)
                 slot.next_token = None
                 n += 1
-        for slot in self._slots:
+        for slot in slots:
             if slot.job is None or slot.donor is not None or not slot.to_read or n >= self._capacity:
                 continue
             take = slot.to_read[: self._capacity - n]
@@ -237,6 +276,8 @@ class SlotScheduler(DecodingLoop):
         for slot, take in reads:
             slot.cached.extend(take)
             del slot.to_read[: len(take)]
+        if n == 0:  # every slot of the group waits for a donor's prefix
+            return
         batch.n_tokens = n
         status = self._lib.llama_decode(self._model.ctx, batch)
         if status != 0:
@@ -283,7 +324,7 @@ class SlotScheduler(DecodingLoop):
     def _release(self, slot: _Slot) -> None:
         """The slot takes the next request; its cache stays for a later prompt with the same start."""
         slot.job, slot.next_token, slot.to_read, slot.donor, slot.shared = None, None, [], None, 0
-        self._free_sampler(slot)
+        self._free_sampler(slot)  # its cache and adapter stay: a later request on that adapter reuses them
 
     def _free_sampler(self, slot: _Slot) -> None:
         if slot.sampler is not None:
