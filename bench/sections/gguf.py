@@ -9,11 +9,16 @@
 1, 8 and 32 concurrent streams (tokens/s, time to first token), a late joiner (a 9th stream started while 8
 generate), and the resident memory of the process holding the model after the runs. Ratios are against
 the platform's float32 TRANSFORMERS figure (what the demo served before LLAMA_CPP) measured in the same run.
+
+LLAMA_CPP and llama-server run side by side and are measured in alternation, each run with the other system's
+every process stopped (SIGSTOP), so both see the same moment of a noisy machine and neither pays for the
+other's idle CPU; each repeat's platform/llama-server ratio is kept (``paired_ratios``) to show the spread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -27,7 +32,7 @@ from typing import Any, AsyncIterator
 from bench.launcher import Platform
 from bench.loadgen import check_loopback, session, sse_chunks
 from bench.models import LLM_ID, demo_router_config, demo_entries
-from bench.processes import LOG_DIR, bench_env, own_processes, start_group, stop_group, wait_http
+from bench.processes import LOG_DIR, bench_env, own_processes, paused, start_group, stop_group, wait_http
 from bench.settings import RunSettings, SectionOutput
 from bench.stats import median_runs
 from bench.streams import StreamOpener, concurrent_streams, late_joiner, timed_stream
@@ -137,7 +142,8 @@ async def openai_chunks(client: Any, url: str, body: dict[str, Any]) -> AsyncIte
                 yield {"text": text, **({"usage": chunk["usage"]} if chunk.get("usage") else {})}
 
 
-def measure_llama_server(binary: str, settings: RunSettings) -> dict[str, Any]:
+def start_llama_server(binary: str) -> tuple[Any, str]:
+    """llama-server on the demo GGUF with the platform's threads and slots; (process, chat completions URL)."""
     [entry] = demo_entries(LLM_ID)
     gguf = os.path.join(entry["model_loading_config"]["model_source"], entry["engine_kwargs"]["gguf_file"])
     port = free_port()
@@ -147,34 +153,75 @@ def measure_llama_server(binary: str, settings: RunSettings) -> dict[str, Any]:
     proc = start_group(cmd, bench_env(), log)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, log, 300)
-        p = params(settings)
-        body = {"model": LLM_ID, "messages": [{"role": "user", "content": PROMPT}], **p}
-
-        async def go() -> dict[str, Any]:
-            url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
-                out = await measure(lambda: openai_chunks(client, url, body), settings)
-                out["unstreamed_tok_s"] = await unstreamed_tok_s(client, url, body, settings.repeats)
-                return out
-
-        out = asyncio.run(go())
-        import psutil
-
-        out["rss_mib"] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
-        out["version"] = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.strip()[-200:]
-        return out
-    finally:
+    except BaseException:
         stop_group(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+async def alternating(systems: dict[str, tuple[StreamOpener, int]], measure_one: Any, repeats: int) -> dict[str, list[Any]]:
+    """``measure_one(opener)`` for each system ``repeats`` times, in rotated order, every other system paused."""
+    runs: dict[str, list[Any]] = {name: [] for name in systems}
+    names = list(systems)
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            others = [pid for other, (_, pid) in systems.items() if other != name]
+            with contextlib.ExitStack() as stack:
+                for pid in others:
+                    stack.enter_context(paused(pid))
+                runs[name].append(await measure_one(systems[name][0]))
+    return runs
+
+
+def measure_side_by_side(binary: str, settings: RunSettings) -> dict[str, dict[str, Any]]:
+    """Platform LLAMA_CPP and llama-server up together, measured in alternation (see the module's docstring)."""
+    import psutil
+
+    p_body = {"model_id": LLM_ID, "input": PROMPT, "params": params(settings)}
+    peer_body = {"model": LLM_ID, "messages": [{"role": "user", "content": PROMPT}], **params(settings)}
+    with Platform([gguf_entry("LLAMA_CPP")], settings.profile, router_config=demo_router_config(), label="gguf-LLAMA_CPP") as p:
+        server, peer_url = start_llama_server(binary)
+        try:
+            async def go() -> dict[str, dict[str, Any]]:
+                async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
+                    url = f"{p.base_url}/v1/infer"
+                    systems = {LLAMA: (lambda: sse_chunks(client, url, p_body), p.proc.pid),
+                               PEER: (lambda: openai_chunks(client, peer_url, peer_body), server.pid)}
+                    for opener, _ in systems.values():
+                        await timed_stream(opener)  # warm-up
+                    out: dict[str, dict[str, Any]] = {LLAMA: {}, PEER: {}, "paired_ratios": {}}
+                    for c in CONCURRENCY:
+                        runs = await alternating(systems, lambda o, c=c: concurrent_streams(o, c), settings.repeats)
+                        for name in (LLAMA, PEER):
+                            out[name][f"c{c}"] = median_runs(runs[name])
+                        out["paired_ratios"][f"c{c}"] = [round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(runs[LLAMA], runs[PEER])]
+                        logger.info("%d streams: %s %s, %s %s", c, LLAMA, out[LLAMA][f"c{c}"], PEER, out[PEER][f"c{c}"])
+                    late = await alternating(systems, lambda o: late_joiner(o, LATE_RUNNING), settings.repeats)
+                    whole = {LLAMA: (url, p_body), PEER: (peer_url, peer_body)}
+                    for name in (LLAMA, PEER):
+                        out[name]["late"] = median_runs(late[name])
+                        target, body = whole[name]
+                        with paused(systems[PEER if name == LLAMA else LLAMA][1]):
+                            out[name]["unstreamed_tok_s"] = await unstreamed_tok_s(client, target, body, settings.repeats)
+                    return out
+
+            out = asyncio.run(go())
+            out[LLAMA]["rss_mib"] = replica_rss_mib(p.proc.pid)
+            out[PEER]["rss_mib"] = round(psutil.Process(server.pid).memory_info().rss / 2**20, 1)
+            out[PEER]["version"] = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.strip()[-200:]
+        finally:
+            stop_group(server)
+    return out
 
 
 def run(settings: RunSettings) -> SectionOutput:
     raw: dict[str, Any] = {"params": params(settings), "prompt": PROMPT, "threads": THREADS, "slots": SLOTS}
     binary = llama_server_binary()
-    # interleaved: the peer between our two float runs, so a drift of the machine does not favour one side
     raw[HF_FP32] = measure_platform("float32", settings)
-    raw[LLAMA] = measure_platform("LLAMA_CPP", settings)
     if binary:
-        raw[PEER] = measure_llama_server(binary, settings)
+        raw.update(measure_side_by_side(binary, settings))
+    else:
+        raw[LLAMA] = measure_platform("LLAMA_CPP", settings)
     raw[HF_BF16] = measure_platform("bfloat16", settings)
     return [build_table(raw, settings)], raw
 
@@ -199,8 +246,10 @@ def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
         f"through `serve run` (profile {settings.profile.name}); {PEER}: its `/v1/chat/completions`, streamed.",
         f"{LLAMA} and {PEER}: {SLOTS} parallel sequences of {CTX_PER_SLOT} tokens; TRANSFORMERS: max_batch_size {SLOTS}. "
         f"With 32 streams, {32 - SLOTS} wait for a free slot.",
-        "Order: fp32, LLAMA_CPP, llama-server, bf16 (the peer between our runs). " + (
-            f"{PEER}: {raw[PEER].get('version', '')}" if PEER in raw else f"{PEER} not run: no binary found "
-            "(set MODELHOST_BENCH_LLAMA_SERVER)."),
+        "Order: fp32; LLAMA_CPP and llama-server side by side, measured in alternation, each run with the other's "
+        "processes stopped; bf16. " + (
+            f"{PEER}: {raw[PEER].get('version', '')}. {LLAMA} / {PEER} per alternated run (tokens/s): "
+            + "; ".join(f"{k[1:]} stream(s) {v}" for k, v in raw.get("paired_ratios", {}).items())
+            if PEER in raw else f"{PEER} not run: no binary found (set MODELHOST_BENCH_LLAMA_SERVER)."),
     ]
     return table
