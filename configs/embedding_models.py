@@ -16,7 +16,17 @@ from common.base_pydantic import BasePydantic
 PoolingMode = Literal["mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens"]
 
 
-class EmbeddingEngineConfig(BasePydantic):
+class EmbeddingBatching(BasePydantic):
+    """How an embedding engine gathers the inputs of concurrent requests into one pass (both CPU embedding engines)."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="Texts (or pairs) per forward pass, across requests.")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="After a pass, how long to wait for the requests it answered to come "
+                                                "back before running a smaller pass; a lone request never waits.")
+    max_inputs: int = Field(default=2048, ge=1, description="Texts (or documents) one request may send.")
+
+
+class EmbeddingEngineConfig(EmbeddingBatching):
     """``engine_kwargs`` of ``type: EMBEDDING``: a sentence-embedding model or a cross-encoder."""
 
     mode: Literal["embedding", "cross_encoder"] = Field(
@@ -36,11 +46,6 @@ class EmbeddingEngineConfig(BasePydantic):
     matryoshka_dimensions: list[int] | None = Field(
         default=None, description="Sizes `dimensions` may ask for (a Matryoshka-trained model); unset = the "
                                   "model's config.json `matryoshka_dimensions`/`is_matryoshka`, else only the full size.")
-    max_batch_size: int = Field(default=32, ge=1, le=1024, description="Texts (or pairs) per forward pass, across requests.")
-    batch_wait_ms: float = Field(
-        default=5.0, ge=0, le=1000, description="After a pass, how long to wait for the requests it answered to come "
-                                                "back before running a smaller pass; a lone request never waits.")
-    max_inputs: int = Field(default=2048, ge=1, description="Texts (or documents) one request may send.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto = float32 on CPU, float16 on CUDA.")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from common.base_pydantic import BasePydantic
+from configs.embedding_models import EmbeddingBatching
 
 
 class LlamaCppEngineConfig(BasePydantic):
@@ -28,7 +29,7 @@ class LlamaCppEngineConfig(BasePydantic):
     use_chat_template: bool = Field(default=True, description="Wrap a string input as a user turn (the GGUF's chat template).")
 
 
-class LlamaCppEmbeddingEngineConfig(BasePydantic):
+class LlamaCppEmbeddingEngineConfig(EmbeddingBatching):
     """``engine_kwargs`` of ``type: LLAMA_CPP_EMBEDDING``: a GGUF embedding model (BERT-style or causal) on llama.cpp.
 
     Inputs of concurrent requests share llama.cpp calls: up to ``max_batch_size`` inputs of at most
@@ -41,10 +42,6 @@ class LlamaCppEmbeddingEngineConfig(BasePydantic):
     n_batch: int = Field(default=512, ge=8, le=1 << 16, description="Tokens per llama.cpp call at most: an encoder reads "
                          "a call in one pass, so this also caps an input's length and the attention buffer (n_batch^2).")
     max_batch_size: int = Field(default=32, ge=1, le=256, description="Inputs per llama.cpp call (its sequences), across requests.")
-    batch_wait_ms: float = Field(
-        default=5.0, ge=0, le=1000, description="After a call, how long to wait for the requests it answered to come back "
-                                                "before running a smaller call; a lone request never waits.")
-    max_inputs: int = Field(default=2048, ge=1, description="Texts (or documents) one request may send.")
     num_threads: int | None = Field(
         default=None, ge=1, le=1024, description="llama.cpp threads; default = the CPUs Ray gave the replica (num_cpus, "
         "rounded up, at least 1), or every CPU outside Ray.")
