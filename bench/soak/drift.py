@@ -24,6 +24,9 @@ from bench.processes import own_processes
 
 logger = logging.getLogger(__name__)
 
+# A process a fault started (a replacement replica) is measured from this long after its first sample: by then it
+# has loaded its model and served its first requests, so what grows afterwards is drift, not start-up.
+REPLACEMENT_WARMUP_S = 30.0
 TASKS_METRIC = re.compile(r'^ray_serve_event_loop_tasks\{([^}]*)\} ([0-9.e+-]+)$', re.M)
 
 
@@ -88,16 +91,19 @@ class Drift:
                 self.tasks[key].append((now, float(value)))
 
     def report(self, baseline_s: float) -> dict[str, Any]:
-        """Per process: first sample at or after ``baseline_s`` vs the last; restarted processes marked."""
+        """Per process: first sample at or after ``baseline_s`` (a replacement's: ``REPLACEMENT_WARMUP_S`` after
+        its own first) vs the last; restarted processes marked."""
         rows = []
         for (name, pid), samples in sorted(self.processes.items()):
-            later = [s for s in samples if s.t_s >= baseline_s]
+            replacement = samples[0].t_s > baseline_s  # a fault restarted it
+            since = samples[0].t_s + REPLACEMENT_WARMUP_S if replacement else baseline_s
+            later = [s for s in samples if s.t_s >= since]
             if len(later) < 2:
                 continue
             first, last = later[0], later[-1]
             rows.append({
                 "process": name, "pid": pid, "from_s": round(first.t_s, 1), "to_s": round(last.t_s, 1),
-                "started_after_baseline": samples[0].t_s > baseline_s,  # a replacement (a fault restarted it)
+                "span_s": round(last.t_s - first.t_s, 1), "started_after_baseline": replacement,
                 "rss_mib": [round(first.rss_mib, 1), round(last.rss_mib, 1)], "rss_drift_pct": _pct(first.rss_mib, last.rss_mib),
                 "fds": [first.fds, last.fds], "fd_drift_pct": _pct(first.fds, last.fds),
                 "threads": [first.threads, last.threads],
