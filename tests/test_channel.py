@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -102,6 +103,26 @@ def test_many_calls_back_to_back_and_concurrently_on_reused_connections(tmp_path
             assert await texts(client, path, call(f"n{i} x")) == [f"n{i}", "x"]
         results = await asyncio.gather(*(texts(client, path, call(f"c{i} y z")) for i in range(32)))
         assert results == [[f"c{i}", "y", "z"] for i in range(32)]
+        await server.stop(1)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_idle_connections_are_capped_and_closed_once_unused(tmp_path: Path) -> None:
+    """A burst leaves at most MAX_IDLE_PER_REPLICA idle connections, and pruning closes those unused for
+    IDLE_TIMEOUT_S, so neither end keeps a crowd of sockets after it."""
+    from serve.channel.client import IDLE_TIMEOUT_S, MAX_IDLE_PER_REPLICA
+
+    async def scenario() -> None:
+        _, server, client, path = await pair(tmp_path, limit=128)
+        burst = MAX_IDLE_PER_REPLICA + 16
+        results = await asyncio.gather(*(texts(client, path, call("a b", delay_s=0.05)) for _ in range(burst)))
+        assert results == [["a", "b"]] * burst
+        assert len(client._idle[path]) == MAX_IDLE_PER_REPLICA
+        assert client.prune() == 0  # all fresh
+        assert client.prune(now=time.monotonic() + IDLE_TIMEOUT_S + 1) == MAX_IDLE_PER_REPLICA
+        assert path not in client._idle
+        assert await texts(client, path, call("after")) == ["after"]  # a new connection serves the next call
         await server.stop(1)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

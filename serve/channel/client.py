@@ -1,9 +1,15 @@
-"""The router's end of the channel: idle connections per replica socket, least busy replica first."""
+"""The router's end of the channel: idle connections per replica socket, least busy replica first.
+
+Idle connections are kept for reuse, at most ``MAX_IDLE_PER_REPLICA`` per replica, and closed once unused for
+``IDLE_TIMEOUT_S``: a burst leaves no crowd of open sockets behind, and the connections of a replica that was
+replaced (its socket gone) are closed instead of kept forever.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -12,6 +18,9 @@ from common.call import ModelCall
 from serve.channel.frames import BUSY, CHUNKS, END, encode, read_message
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+MAX_IDLE_PER_REPLICA = 32
+IDLE_TIMEOUT_S = 30.0
+PRUNE_INTERVAL_S = 10.0
 
 
 class ChannelUnavailable(Exception):
@@ -22,9 +31,10 @@ class ChannelUnavailable(Exception):
 class ChannelClient:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._idle: dict[Path, list[Connection]] = defaultdict(list)
+        self._idle: dict[Path, list[tuple[Connection, float]]] = defaultdict(list)  # with when each was released
         self._in_flight: dict[Path, int] = defaultdict(int)
         self._absent: set[str] = set()  # replicas without a socket here (other nodes)
+        self._pruning: asyncio.TimerHandle | None = None
 
     def pick(self, replica_ids: tuple[str, ...]) -> Path | None:
         """The least busy of the replicas that have a socket on this node."""
@@ -43,6 +53,7 @@ class ChannelClient:
     async def call(self, path: Path, call: ModelCall) -> AsyncIterator[list[dict[str, Any]]]:
         """The replica's chunk batches. ``ChannelUnavailable`` before the first batch means it ran nothing
         that answered; closing this generator early closes the connection, which cancels the call."""
+        self._schedule_pruning()
         self._in_flight[path] += 1
         connection, reusable = None, False
         try:
@@ -60,7 +71,7 @@ class ChannelClient:
         """Send on an idle connection (or a new one); return it with the first answer."""
         while True:
             idle = self._idle[path]
-            connection = idle.pop() if idle else None
+            connection = idle.pop()[0] if idle else None
             fresh = connection is None
             try:
                 if connection is None:
@@ -79,8 +90,39 @@ class ChannelClient:
             return connection, first
 
     def _release(self, path: Path, connection: Connection, reusable: bool) -> None:
-        if reusable and not connection[1].is_closing():
-            self._idle[path].append(connection)
+        idle = self._idle[path]
+        if reusable and not connection[1].is_closing() and len(idle) < MAX_IDLE_PER_REPLICA:
+            idle.append((connection, time.monotonic()))
         else:
-            with contextlib.suppress(Exception):
-                connection[1].close()
+            _close(connection)
+
+    def prune(self, now: float | None = None) -> int:
+        """Close the connections idle for more than ``IDLE_TIMEOUT_S``; returns how many."""
+        cutoff = (time.monotonic() if now is None else now) - IDLE_TIMEOUT_S
+        closed = 0
+        for path in list(self._idle):
+            idle = self._idle[path]
+            keep = [(c, t) for c, t in idle if t >= cutoff]
+            for connection, released in idle:
+                if released < cutoff:
+                    _close(connection)
+                    closed += 1
+            if keep:
+                self._idle[path] = keep
+            else:
+                del self._idle[path]
+        return closed
+
+    def _schedule_pruning(self) -> None:
+        """Prune every ``PRUNE_INTERVAL_S`` on the router's loop once the channel is in use."""
+        if self._pruning is None:
+            self._pruning = asyncio.get_running_loop().call_later(PRUNE_INTERVAL_S, self._prune_tick)
+
+    def _prune_tick(self) -> None:
+        self.prune()
+        self._pruning = asyncio.get_running_loop().call_later(PRUNE_INTERVAL_S, self._prune_tick)
+
+
+def _close(connection: Connection) -> None:
+    with contextlib.suppress(Exception):
+        connection[1].close()
