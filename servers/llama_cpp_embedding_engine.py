@@ -82,7 +82,7 @@ class LlamaCppEmbeddingEngine(EmbeddingModelEngine):
         except BaseException:
             self._close()
             raise
-        logger.info("loaded %s from %s (llama.cpp embeddings, %d threads): %s", self.model_id, path.name, threads,
+        logger.info("loaded %s from %s (llama.cpp embeddings, threads: %d): %s", self.model_id, path.name, threads,
                     describe(self.embedder))
 
     # -- embeddings ---------------------------------------------------------------------------
