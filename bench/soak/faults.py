@@ -125,14 +125,18 @@ class Faults:
                             "replica_load_seconds_after": model.get("load_seconds"),
                             **_replacement_timing((model.get("replica") or {}).get("pid"), killed_at, recovery)})
 
-    def _router_pid(self) -> int | None:
+    def _own_pid(self, matches: Callable[[list[str]], bool]) -> int | None:
+        """The first process of this run whose command line ``matches``."""
         for pid in own_processes(self.platform.proc.pid):
             try:
-                if "ServeReplica:default:MultiModelRouter" in " ".join(psutil.Process(pid).cmdline()):
+                if matches(psutil.Process(pid).cmdline()):
                     return pid
             except psutil.Error:
                 continue
         return None
+
+    def _router_pid(self) -> int | None:
+        return self._own_pid(lambda cmdline: "ServeReplica:default:MultiModelRouter" in " ".join(cmdline))
 
     async def kill_router(self, at: float) -> FaultResult:
         pid = self._router_pid()
@@ -149,14 +153,8 @@ class Faults:
 
     def _worker_raylet_pid(self) -> int | None:
         """The raylet of the second node: the one started with the worker's custom resource."""
-        for pid in own_processes(self.platform.proc.pid):
-            try:
-                cmdline = psutil.Process(pid).cmdline()
-            except psutil.Error:
-                continue
-            if cmdline and cmdline[0].endswith("raylet") and any(WORKER_RESOURCE in arg for arg in cmdline):
-                return pid
-        return None
+        return self._own_pid(lambda cmdline: bool(cmdline) and cmdline[0].endswith("raylet")
+                             and any(WORKER_RESOURCE in arg for arg in cmdline))
 
     async def kill_worker_raylet(self, at: float) -> FaultResult:
         """SIGKILL the worker node's raylet: the node and the replica on it die; the cluster manager (here
