@@ -23,9 +23,10 @@ from rich.table import Table
 
 from common import constants
 from configs.loader import ConfigError, load_app_config
-from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig
+from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig, RouterConfig
 from serve.channel import channel_allowed
 from serve.deployments.multi_model_deployment import ChannelOptions, MultiModelDeployment
+from serve.rollout import deployment_resources, plan_surge
 from serve.router.router import RouterIngress
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,7 @@ def requested_cpus(loaded: LoadedConfig) -> dict[str, float]:
     for name, entries in model_deployments(loaded.models).items():
         if name == constants.ROUTER_DEPLOYMENT_NAME:
             continue
-        options = deployment_options(entries)
-        autoscaling = options.get("autoscaling_config") or {}
-        replicas = options.get("num_replicas")
-        if not isinstance(replicas, int):  # "auto" or autoscaling: the replicas it starts with
-            replicas = autoscaling.get("initial_replicas") or autoscaling.get("min_replicas", 1)
-        wanted[name] = float((options.get("ray_actor_options") or {}).get("num_cpus", 1)) * replicas
+        wanted[name] = deployment_resources(deployment_options(entries)).get("CPU", 0.0)
     return wanted
 
 
@@ -81,21 +77,41 @@ def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:
 def build_application(loaded: LoadedConfig) -> Application:
     groups = model_deployments(loaded.models)
     router_models = groups.pop(constants.ROUTER_DEPLOYMENT_NAME, [])  # hosted by the router's replicas
-    handles = {name: _bind_model_deployment(name, entries, loaded) for name, entries in groups.items()}
-    router = loaded.router
-    ingress = serve.deployment(
-        RouterIngress,
-        name=constants.ROUTER_DEPLOYMENT_NAME,
-        num_replicas=router.num_replicas,
-        max_ongoing_requests=router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
-        graceful_shutdown_timeout_s=router.request_timeout_s,
-        # The router logs requests itself when asked (router_config.log_requests).
-        logging_config=serve_logging_config(router.log_requests),
-    )
-    index, router_config = [_index_entry(m) for m in loaded.models], router.model_dump()
+    options = {name: deployment_options(entries, loaded.router.log_requests) for name, entries in groups.items()}
+    options[constants.ROUTER_DEPLOYMENT_NAME] = router_options(loaded.router)
+    plan_rollouts(options)
+    handles = {name: _bind_model_deployment(name, entries, options[name], loaded) for name, entries in groups.items()}
+    ingress = serve.deployment(RouterIngress, name=constants.ROUTER_DEPLOYMENT_NAME, **options[constants.ROUTER_DEPLOYMENT_NAME])
+    index, router_config = [_index_entry(m) for m in loaded.models], loaded.router.model_dump()
     init_args = (handles, index, router_config, [m.model_dump() for m in router_models], loaded.engine_modules)
     return _versioned(ingress, *init_args[1:]).bind(*init_args)
+
+
+def router_options(router: RouterConfig) -> dict[str, Any]:
+    """The Serve options of the router deployment, from ``router_config``."""
+    options: dict[str, Any] = {
+        "num_replicas": router.num_replicas,
+        "max_ongoing_requests": router.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
+        "graceful_shutdown_timeout_s": router.request_timeout_s,
+        # The router logs requests itself when asked (router_config.log_requests).
+        "logging_config": serve_logging_config(router.log_requests),
+    }
+    if router.max_surge_percent is not None:
+        options["max_surge_percent"] = router.max_surge_percent
+    return options
+
+
+def plan_rollouts(options: dict[str, dict[str, Any]]) -> None:
+    """Replacements start before old replicas stop wherever the cluster has room (``serve/rollout.py``)."""
+    import ray
+
+    cluster = ray.cluster_resources() if ray.is_initialized() else None
+    left = plan_surge(options, cluster, first=constants.ROUTER_DEPLOYMENT_NAME)
+    if left and cluster is not None:
+        logger.info("a redeploy restarts %s by stopping each replica before its replacement starts (the cluster has "
+                    "no room for a second copy beside the app's replicas): requests to them get 503 + Retry-After "
+                    "meanwhile; deployment_config.max_surge_percent chooses per deployment", ", ".join(left))
 
 
 def model_deployments(models: list[MultiModelConfig]) -> dict[str, list[MultiModelConfig]]:
@@ -131,8 +147,8 @@ def deployment_options(entries: list[MultiModelConfig], log_requests: str | bool
     return options
 
 
-def _bind_model_deployment(name: str, entries: list[MultiModelConfig], loaded: LoadedConfig) -> Application:
-    options = deployment_options(entries, loaded.router.log_requests)
+def _bind_model_deployment(name: str, entries: list[MultiModelConfig], options: dict[str, Any],
+                           loaded: LoadedConfig) -> Application:
     performance = loaded.router.performance
     channel = (ChannelOptions(options["max_ongoing_requests"], options.get("graceful_shutdown_timeout_s", 20.0))
                if performance.local_channel and channel_allowed(options, _on_demand(entries)) else None)

@@ -110,6 +110,11 @@ class PerformanceConfig(BasePydantic):
         description="The router calls model replicas on its own node over a Unix socket instead of a Ray handle call "
         "(serve/channel/); deployments with autoscaling_config and replicas on other nodes always use Ray's handle.",
     )
+    memory_trim_interval_s: float = Field(
+        default=60.0, ge=0,
+        description="Every this many seconds the router hands heap memory freed since (after a burst) back to the OS "
+        "(glibc malloc_trim; common/memory.py); 0 = never.",
+    )
 
 
 class RouterConfig(BasePydantic):
@@ -129,6 +134,11 @@ class RouterConfig(BasePydantic):
     )
     max_ongoing_requests: int = Field(default=constants.ROUTER_MAX_ONGOING_REQUESTS, gt=0)
     num_replicas: int = Field(default=1, ge=1)
+    max_surge_percent: int | None = Field(
+        default=None, ge=0, le=100,
+        description="Router replicas started ahead of the old ones when a redeploy restarts the router (Ray Serve's "
+        "max_surge_percent); null = 100 where the cluster has room (serve/rollout.py), so the API's port never closes.",
+    )
     log_requests: Literal[False, "text", "json"] = Field(
         default=False,
         description="One INFO line per request from the router: false (off; failed (5xx) requests are logged either "

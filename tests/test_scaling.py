@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from common.ports import free_port
 from tests.conftest import deploy_app, wait_until
 
 pytestmark = pytest.mark.integration
@@ -146,6 +147,7 @@ class RequestLoop:
                         self.failures.append(f"{response.status_code}: {response.text[:200]}")
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
+                    self._stop.wait(0.05)  # a closed port fails at once: keep the loop alive
 
 
 def test_hot_add_and_remove_keeps_other_replicas_and_loses_no_request(serve_app: str) -> None:
@@ -171,3 +173,33 @@ def test_hot_add_and_remove_keeps_other_replicas_and_loses_no_request(serve_app:
         from ray import serve
 
         serve.delete("hot")
+
+
+def test_a_changed_model_restarts_replacement_first_and_fails_no_request(serve_app: str) -> None:
+    """A redeploy that changes one model's entry restarts that model and the router (whose index holds the
+    entry), each replacement started before its old replica stops (Ray's ``max_surge_percent``, set by
+    ``serve/rollout.py``). Requests sent all along to the router's own port, the API's front door, all
+    succeed, although the new model replica takes seconds to start; the other model keeps its replica."""
+    port = free_port()
+
+    def args(first: dict[str, Any]) -> dict[str, Any]:
+        return {**app_args(first, echo_entry("roll-b")),
+                "router_config": {"request_timeout_s": 120, "discovery_timeout_s": 2.0, "performance": {"http_port": port}}}
+
+    deploy(args(echo_entry("roll-a")), "roll")
+    try:
+        with httpx.Client(base_url=f"{serve_app}/roll", timeout=120) as client:
+            wait_until(lambda: {m["status"] for m in client.get("/v1/models").json()["models"]} == {"ready"}, timeout=120)
+            pid_a, pid_b = model(client, "roll-a")["replica"]["pid"], model(client, "roll-b")["replica"]["pid"]
+            with RequestLoop(f"http://127.0.0.1:{port}", "roll-a") as loop:
+                wait_until(lambda: loop.ok >= 3, timeout=60)
+                deploy(args({**echo_entry("roll-a"), "engine_kwargs": {"start_delay_s": 2.0}}), "roll")
+                wait_until(lambda: model(client, "roll-a").get("replica", {}).get("pid") not in (None, pid_a), timeout=120)
+                served = loop.ok
+                wait_until(lambda: loop.ok > served + 3, timeout=60)  # served by the replacement
+            assert loop.failures == [] and loop.ok > 0
+            assert model(client, "roll-b")["replica"]["pid"] == pid_b
+    finally:
+        from ray import serve
+
+        serve.delete("roll")
