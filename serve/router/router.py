@@ -24,6 +24,7 @@ from common.call import ModelCall
 from common.constants import ROUTER_DEPLOYMENT_NAME
 from common.errors import OverloadedError, ServingError
 from common.logs import use_serve_log_handlers
+from common.memory import MemoryTrimmer
 from configs.server_models import RouterConfig
 from serve.channel import channel_allowed
 from serve.channel.client import ChannelClient
@@ -67,6 +68,8 @@ class MultiModelRouter:
         self.routes: tuple[EndpointRoute, ...] = all_routes()
         self.api = build_router_app(self, load_api_keys(self.config.api_keys_env))
         self.listener = await self._start_listener()
+        self.trimmer = MemoryTrimmer(self.config.performance.memory_trim_interval_s)
+        self.trimmer.start()
 
     def _remote_backends(self, handles: dict[str, Any], entries: list[ModelEntry], counts: ReplicaCounts) -> dict[str, ModelBackend]:
         """A backend per model deployment; those the local channel may serve get it (``serve/channel/``)."""
@@ -178,6 +181,8 @@ class MultiModelRouter:
     async def __del__(self) -> None:
         if getattr(self, "listener", None) is not None:
             await self.listener.stop()
+        if getattr(self, "trimmer", None) is not None:
+            await self.trimmer.stop()
         if getattr(self, "metrics", None) is not None:
             self.metrics.flush()
         if getattr(self, "in_router", None) is not None:
