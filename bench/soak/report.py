@@ -40,6 +40,9 @@ def account(results: list[RequestResult], faults: list[FaultResult], end_s: floa
         # replica kill touched other models
         "touched_in_window": [dict(Counter(r.kind for r in load if r.outcome != COMPLETED
                                            and start <= r.ended_s and r.started_s <= until)) for start, until in windows],
+        # what those requests got (a few per fault), to tell a closed port from a 503 or an error event
+        "window_examples": [[r.summary() for r in load if r.outcome != COMPLETED
+                             and start <= r.ended_s and r.started_s <= until][:6] for start, until in windows],
         "lost_examples": [r.summary() for r in lost[:25]],
         "failed_outside_examples": [r.summary() for r in outside[:25]],
     }
