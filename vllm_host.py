@@ -154,7 +154,8 @@ def _bind_model_deployment(name: str, entries: list[MultiModelConfig], options: 
                if performance.local_channel and channel_allowed(options, _on_demand(entries)) else None)
     deployment = serve.deployment(MultiModelDeployment, name=name, **options)
     pool = loaded.pools[name].model_dump() if name in loaded.pools else None
-    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel, pool)
+    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel, pool,
+                 performance.memory_trim_interval_s)
     return _versioned(deployment, *init_args).bind(*init_args)
 
 

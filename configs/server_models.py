@@ -112,8 +112,8 @@ class PerformanceConfig(BasePydantic):
     )
     memory_trim_interval_s: float = Field(
         default=60.0, ge=0,
-        description="Every this many seconds the router hands heap memory freed since (after a burst) back to the OS "
-        "(glibc malloc_trim; common/memory.py); 0 = never.",
+        description="Every this many seconds the router and model replicas hand heap memory freed since (after a burst) "
+        "back to the OS (glibc malloc_trim; common/memory.py); 0 = never.",
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Awaitable
 from common.call import ModelCall
 from common.chunks import ChunkMerger
 from common.errors import ServingError
+from common.memory import MemoryTrimmer
 from serve.channel.paths import socket_dir, socket_path
 from serve.channel.server import ChannelServer
 from serve.deployments.coalesce import coalesce
@@ -27,12 +28,15 @@ logger = logging.getLogger(__name__)
 
 class MultiModelDeployment:
     async def __init__(self, llm_configs: list[dict[str, Any]], engine_modules: list[str], stream_interval_s: float,
-                       channel: ChannelOptions | None = None, pool: dict[str, Any] | None = None) -> None:
+                       channel: ChannelOptions | None = None, pool: dict[str, Any] | None = None,
+                       memory_trim_interval_s: float = 0.0) -> None:
         on_demand = any(c.get("load") == "on_demand" for c in llm_configs)
         self._server = host_models(llm_configs, engine_modules, pool, ReplicaPoolEvents(report_to_router=on_demand))
         self._stream_interval_s = stream_interval_s
         self._channel_options = channel
         self._channel = await _start_channel(self._batches, channel) if channel is not None else None
+        self._trimmer = MemoryTrimmer(memory_trim_interval_s)
+        self._trimmer.start()
 
     async def get_config(self) -> dict[str, Any]:
         """Metadata for the router's discovery: models with live status, and where they run."""
@@ -81,6 +85,7 @@ class MultiModelDeployment:
         await self._server.check_health()
 
     async def __del__(self) -> None:
+        await self._trimmer.stop()
         if self._channel is not None:
             await self._channel.stop(self._channel_options.drain_timeout_s)
         await self._server.stop()
