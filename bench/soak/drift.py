@@ -2,9 +2,15 @@
 asyncio tasks of each Serve replica's event loops (Ray Serve's ``ray_serve_event_loop_tasks`` gauge).
 
 Samples are taken every few seconds from the run's own process tree (``/proc`` through psutil) and from
-Ray's metrics endpoint. Drift compares the first sample at or after the baseline time (minute 2 of a full
-run: start-up and warm-up caches settled) with the last one, per process; a process that the faults
-restarted (a new pid under the same title) is compared from its own first sample after the baseline.
+Ray's metrics endpoint. Drift compares each process's level over the first minute of its span (from the
+baseline time, minute 2 of a full run: start-up and warm-up caches settled) with its level over the last
+minute: the median of the samples in each minute, leaving out the samples taken inside a fault's window. One
+sample is not a level under load: a request in flight holds buffers it frees when done (the OCR replica's RSS
+swings by 190 MiB between two requests), so two single samples compare request phases, not memory kept; and a
+fault (a burst, every replica restarting at once) changes how many requests are in flight. What a fault leaves
+behind (a burst's high-water mark) still shows in the samples after its window. A process that the faults restarted (a new pid under
+the same title) is measured from ``REPLACEMENT_WARMUP_S`` after its own first sample. The single first and
+last samples and every sample's RSS are kept in the report too.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import httpx
 import psutil
@@ -27,6 +34,8 @@ logger = logging.getLogger(__name__)
 # A process a fault started (a replacement replica) is measured from this long after its first sample: by then it
 # has loaded its model and served its first requests, so what grows afterwards is drift, not start-up.
 REPLACEMENT_WARMUP_S = 30.0
+# Drift compares the level (median) of each process over the first and the last minute of its span.
+LEVEL_WINDOW_S = 60.0
 TASKS_METRIC = re.compile(r'^ray_serve_event_loop_tasks\{([^}]*)\} ([0-9.e+-]+)$', re.M)
 
 
@@ -90,23 +99,30 @@ class Drift:
                 key = f"{fields['deployment']} {fields.get('loop_type', '')} {fields.get('actor_id', '')[:8]}"
                 self.tasks[key].append((now, float(value)))
 
-    def report(self, baseline_s: float) -> dict[str, Any]:
-        """Per process: first sample at or after ``baseline_s`` (a replacement's: ``REPLACEMENT_WARMUP_S`` after
-        its own first) vs the last; restarted processes marked."""
+    def report(self, baseline_s: float, fault_windows: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+        """Per process: the median over the first ``LEVEL_WINDOW_S`` of its span from ``baseline_s`` (a replacement's:
+        ``REPLACEMENT_WARMUP_S`` after its own first sample) vs the median over the last, both outside
+        ``fault_windows`` (a burst or a restart changes what is in flight, not what is kept); restarted processes marked."""
         rows = []
         for (name, pid), samples in sorted(self.processes.items()):
             replacement = samples[0].t_s > baseline_s  # a fault restarted it
             since = samples[0].t_s + REPLACEMENT_WARMUP_S if replacement else baseline_s
-            later = [s for s in samples if s.t_s >= since]
+            later = [s for s in samples if s.t_s >= since and not any(a <= s.t_s <= b for a, b in fault_windows)]
             if len(later) < 2:
                 continue
             first, last = later[0], later[-1]
+            head = [s for s in later if s.t_s <= first.t_s + LEVEL_WINDOW_S]
+            tail = [s for s in later if s.t_s >= last.t_s - LEVEL_WINDOW_S]
+            rss = [_median([s.rss_mib for s in head]), _median([s.rss_mib for s in tail])]
+            fds = [_median([s.fds for s in head]), _median([s.fds for s in tail])]
             rows.append({
                 "process": name, "pid": pid, "from_s": round(first.t_s, 1), "to_s": round(last.t_s, 1),
                 "span_s": round(last.t_s - first.t_s, 1), "started_after_baseline": replacement,
-                "rss_mib": [round(first.rss_mib, 1), round(last.rss_mib, 1)], "rss_drift_pct": _pct(first.rss_mib, last.rss_mib),
-                "fds": [first.fds, last.fds], "fd_drift_pct": _pct(first.fds, last.fds),
+                "rss_mib": [round(v, 1) for v in rss], "rss_drift_pct": _pct(*rss),
+                "fds": fds, "fd_drift_pct": _pct(*fds),
                 "threads": [first.threads, last.threads],
+                "rss_mib_first_last_sample": [round(first.rss_mib, 1), round(last.rss_mib, 1)],
+                "rss_series": [[round(s.t_s), round(s.rss_mib, 1)] for s in samples],
             })
         tasks = []
         for key, points in sorted(self.tasks.items()):
@@ -114,6 +130,10 @@ class Drift:
             if len(later) >= 2:
                 tasks.append({"loop": key, "tasks": [later[0], later[-1]], "max": max(later)})
         return {"baseline_s": baseline_s, "processes": rows, "event_loop_tasks": tasks}
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
 
 
 def _pct(first: float, last: float) -> float | None:

@@ -96,14 +96,18 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")
     drift = result["drift"]
     lines += ["", f"Resource drift from {drift['baseline_s']:.0f} s (run time) to the last sample, taken once every request "
-                  "had its answer (a process a fault started: from 30 s after its start; summary over processes measured for at "
+                  "had its answer: the median over the first minute of each process's span against the median over its last "
+                  "minute (a process a fault started: from 30 s after its start; summary over processes measured for at "
                   "least 2 minutes): "
                   f"{json.dumps(result['drift_summary'])}.", "",
-              "| process | pid | RSS MiB (from, to) | RSS drift % | fds (from, to) | threads (from, to) | replaced by a fault |",
-              "|---|---|---|---|---|---|---|"]
+              "| process | pid | RSS MiB (first minute, last minute) | RSS drift % | first and last sample | fds | threads | "
+              "replaced by a fault |",
+              "|---|---|---|---|---|---|---|---|"]
     for p in sorted(drift["processes"], key=lambda p: -p["rss_mib"][1])[:20]:
+        edges = p.get("rss_mib_first_last_sample", p["rss_mib"])
         lines.append(f"| {p['process']} | {p['pid']} | {p['rss_mib'][0]} → {p['rss_mib'][1]} | {p['rss_drift_pct']} | "
-                     f"{p['fds'][0]} → {p['fds'][1]} | {p['threads'][0]} → {p['threads'][1]} | {p['started_after_baseline']} |")
+                     f"{edges[0]} → {edges[1]} | {p['fds'][0]:g} → {p['fds'][1]:g} | {p['threads'][0]} → {p['threads'][1]} | "
+                     f"{p['started_after_baseline']} |")
     if drift["event_loop_tasks"]:
         lines += ["", "| replica event loop | asyncio tasks (from, to) | max |", "|---|---|---|"]
         lines += [f"| {t['loop']} | {t['tasks'][0]:.0f} → {t['tasks'][1]:.0f} | {t['max']:.0f} |" for t in drift["event_loop_tasks"]]
