@@ -39,13 +39,21 @@ def build_app(args: AppArgs) -> Application:
         Console(stderr=True).print(f"[bold red]{err}[/bold red]", highlight=False)
         raise
     print_configs(loaded.models)
-    warn_if_cpus_short(loaded)
-    return build_application(loaded)
+    cluster = cluster_resources()
+    warn_if_cpus_short(loaded, cluster)
+    return build_application(loaded, cluster)
+
+
+def cluster_resources() -> dict[str, float] | None:
+    """Ray's resource totals of the cluster the app is built on; None outside Ray (unit tests)."""
+    import ray
+
+    return ray.cluster_resources() if ray.is_initialized() else None
 
 
 def requested_cpus(loaded: LoadedConfig) -> dict[str, float]:
     """CPUs each deployment reserves at start (its replicas' ``num_cpus``; Ray's default is 1 a replica)."""
-    wanted = {constants.ROUTER_DEPLOYMENT_NAME: loaded.router.num_cpus * loaded.router.num_replicas}
+    wanted = {constants.ROUTER_DEPLOYMENT_NAME: deployment_resources(router_options(loaded.router)).get("CPU", 0.0)}
     for name, entries in model_deployments(loaded.models).items():
         if name == constants.ROUTER_DEPLOYMENT_NAME:
             continue
@@ -53,14 +61,12 @@ def requested_cpus(loaded: LoadedConfig) -> dict[str, float]:
     return wanted
 
 
-def warn_if_cpus_short(loaded: LoadedConfig) -> None:
+def warn_if_cpus_short(loaded: LoadedConfig, cluster: dict[str, float] | None) -> None:
     """Say plainly when the deployments reserve more CPUs than the cluster has: Ray then leaves some
     replicas (maybe the router, and with it the whole API) waiting to be scheduled, with a terse warning."""
-    import ray
-
-    if not ray.is_initialized():
+    if cluster is None:
         return
-    have = ray.cluster_resources().get("CPU", 0.0)
+    have = cluster.get("CPU", 0.0)
     wanted = requested_cpus(loaded)
     if sum(wanted.values()) > have + 1e-9:
         shares = ", ".join(f"{name} {cpus:g}" for name, cpus in sorted(wanted.items(), key=lambda kv: -kv[1]))
@@ -74,12 +80,12 @@ def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:
     return load_app_config({"config_path": yaml_path}, default_path=yaml_path).models
 
 
-def build_application(loaded: LoadedConfig) -> Application:
+def build_application(loaded: LoadedConfig, cluster: dict[str, float] | None = None) -> Application:
     groups = model_deployments(loaded.models)
     router_models = groups.pop(constants.ROUTER_DEPLOYMENT_NAME, [])  # hosted by the router's replicas
     options = {name: deployment_options(entries, loaded.router.log_requests) for name, entries in groups.items()}
     options[constants.ROUTER_DEPLOYMENT_NAME] = router_options(loaded.router)
-    plan_rollouts(options)
+    plan_rollouts(options, cluster)
     handles = {name: _bind_model_deployment(name, entries, options[name], loaded) for name, entries in groups.items()}
     ingress = serve.deployment(RouterIngress, name=constants.ROUTER_DEPLOYMENT_NAME, **options[constants.ROUTER_DEPLOYMENT_NAME])
     index, router_config = [_index_entry(m) for m in loaded.models], loaded.router.model_dump()
@@ -102,11 +108,8 @@ def router_options(router: RouterConfig) -> dict[str, Any]:
     return options
 
 
-def plan_rollouts(options: dict[str, dict[str, Any]]) -> None:
+def plan_rollouts(options: dict[str, dict[str, Any]], cluster: dict[str, float] | None) -> None:
     """Replacements start before old replicas stop wherever the cluster has room (``serve/rollout.py``)."""
-    import ray
-
-    cluster = ray.cluster_resources() if ray.is_initialized() else None
     left = plan_surge(options, cluster, first=constants.ROUTER_DEPLOYMENT_NAME)
     if left and cluster is not None:
         logger.info("a redeploy restarts %s by stopping each replica before its replacement starts (the cluster has "

@@ -44,14 +44,16 @@ def replica_resources(options: dict[str, Any]) -> dict[str, float]:
 
 def deployment_resources(options: dict[str, Any]) -> dict[str, float]:
     """What all the replicas a deployment starts with reserve."""
-    replicas = starting_replicas(options)
-    return {name: amount * replicas for name, amount in replica_resources(options).items()}
+    return _reserved(options, starting_replicas(options))
 
 
 def surge_copy(options: dict[str, Any], percent: int = SURGE_PERCENT) -> dict[str, float]:
     """What the replacements started ahead of the old replicas reserve, at ``percent`` surge."""
-    extra = math.ceil(starting_replicas(options) * percent / 100)
-    return {name: amount * extra for name, amount in replica_resources(options).items() if extra}
+    return _reserved(options, math.ceil(starting_replicas(options) * percent / 100))
+
+
+def _reserved(options: dict[str, Any], replicas: int) -> dict[str, float]:
+    return {name: amount * replicas for name, amount in replica_resources(options).items() if replicas}
 
 
 def plan_surge(options: dict[str, dict[str, Any]], cluster: dict[str, float] | None, first: str) -> list[str]:
@@ -66,8 +68,7 @@ def plan_surge(options: dict[str, dict[str, Any]], cluster: dict[str, float] | N
         return [name for name in unset if name != first]
     room = dict(cluster)
     for deployment in options.values():
-        for name, amount in deployment_resources(deployment).items():
-            room[name] = room.get(name, 0.0) - amount
+        _take(room, deployment_resources(deployment))
     for deployment in options.values():  # surges chosen in the config take their room first
         if deployment.get(SURGE_OPTION):
             _take(room, surge_copy(deployment, int(deployment[SURGE_OPTION])))
