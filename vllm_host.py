@@ -27,6 +27,7 @@ from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig, Route
 from serve.channel import channel_allowed
 from serve.deployments.multi_model_deployment import ChannelOptions, MultiModelDeployment
 from serve.rollout import deployment_resources, plan_surge
+from serve.front_door.deployment import FrontDoor
 from serve.router.router import RouterIngress
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def cluster_resources() -> dict[str, float] | None:
 def requested_cpus(loaded: LoadedConfig) -> dict[str, float]:
     """CPUs each deployment reserves at start (its replicas' ``num_cpus``; Ray's default is 1 a replica)."""
     wanted = {constants.ROUTER_DEPLOYMENT_NAME: deployment_resources(router_options(loaded.router)).get("CPU", 0.0)}
+    if has_front_door(loaded.router):
+        wanted[constants.FRONT_DOOR_DEPLOYMENT_NAME] = deployment_resources(front_door_options(loaded.router)).get("CPU", 0.0)
     for name, entries in model_deployments(loaded.models).items():
         if name == constants.ROUTER_DEPLOYMENT_NAME:
             continue
@@ -85,12 +88,15 @@ def build_application(loaded: LoadedConfig, cluster: dict[str, float] | None = N
     router_models = groups.pop(constants.ROUTER_DEPLOYMENT_NAME, [])  # hosted by the router's replicas
     options = {name: deployment_options(entries, loaded.router.log_requests) for name, entries in groups.items()}
     options[constants.ROUTER_DEPLOYMENT_NAME] = router_options(loaded.router)
+    if has_front_door(loaded.router):
+        options[constants.FRONT_DOOR_DEPLOYMENT_NAME] = front_door_options(loaded.router)
     plan_rollouts(options, cluster)
     handles = {name: _bind_model_deployment(name, entries, options[name], loaded) for name, entries in groups.items()}
     ingress = serve.deployment(RouterIngress, name=constants.ROUTER_DEPLOYMENT_NAME, **options[constants.ROUTER_DEPLOYMENT_NAME])
     index, router_config = [_index_entry(m) for m in loaded.models], loaded.router.model_dump()
-    init_args = (handles, index, router_config, [m.model_dump() for m in router_models], loaded.engine_modules)
-    return _versioned(ingress, *init_args[1:]).bind(*init_args)
+    init_args = (handles, index, router_config, [m.model_dump() for m in router_models], loaded.engine_modules,
+                 _bind_front_door(options, router_config))
+    return _versioned(ingress, *init_args[1:5]).bind(*init_args)
 
 
 def router_options(router: RouterConfig) -> dict[str, Any]:
@@ -108,9 +114,32 @@ def router_options(router: RouterConfig) -> dict[str, Any]:
     return options
 
 
+def has_front_door(router: RouterConfig) -> bool:
+    return router.front_door.enabled and router.performance.http_port is not None
+
+
+def front_door_options(router: RouterConfig) -> dict[str, Any]:
+    """The front door's Serve options: a replica beside each router replica (same count, same resources)."""
+    resources = {"resources": router.resources} if router.resources else {}
+    return {
+        "num_replicas": router.num_replicas,
+        "ray_actor_options": {"num_cpus": router.front_door.num_cpus, **resources},
+        "graceful_shutdown_timeout_s": router.request_timeout_s,
+        "logging_config": serve_logging_config(False),
+    }
+
+
+def _bind_front_door(options: dict[str, dict[str, Any]], router_config: dict[str, Any]) -> Any:
+    if constants.FRONT_DOOR_DEPLOYMENT_NAME not in options:
+        return None
+    deployment = serve.deployment(FrontDoor, name=constants.FRONT_DOOR_DEPLOYMENT_NAME,
+                                  **options[constants.FRONT_DOOR_DEPLOYMENT_NAME])
+    return _versioned(deployment, router_config).bind(router_config)
+
+
 def plan_rollouts(options: dict[str, dict[str, Any]], cluster: dict[str, float] | None) -> None:
     """Replacements start before old replicas stop wherever the cluster has room (``serve/rollout.py``)."""
-    left = plan_surge(options, cluster, first=constants.ROUTER_DEPLOYMENT_NAME)
+    left = plan_surge(options, cluster, first=(constants.FRONT_DOOR_DEPLOYMENT_NAME, constants.ROUTER_DEPLOYMENT_NAME))
     if left and cluster is not None:
         logger.info("a redeploy restarts %s by stopping each replica before its replacement starts (the cluster has "
                     "no room for a second copy beside the app's replicas): requests to them get 503 + Retry-After "

@@ -76,14 +76,16 @@ QUIET_RAY_ENV = {
 QUIET_HEAD_FLAGS = ("--include-dashboard=false", "--include-log-monitor=false")
 
 PROFILES: dict[str, Profile] = {
-    # As `make run` starts it: the router's own listener -> router replica -> model replica.
+    # As `make run` starts it: the front door -> the router's own listener -> router replica -> model replica.
     "default": Profile("default"),
+    # `default` with clients on the router's own listener (front_door.enabled: false): one hop fewer.
+    "no-front-door": Profile("no-front-door", env={"MODELHOST_FRONT_DOOR": "false"}),
     # Ray's Python proxy actor -> router replica -> model replica (what `serve run vllm_host:build_app` gives).
     "ray-proxy": Profile("ray-proxy", ray_proxy=True),
     # The router's listener -> router replica hosting the engines (`in_router: true` on every entry).
     "in-router": Profile("in-router", tweak=_in_router),
-    # `in-router` on a quieter Serve controller (reconciles and flushes metrics once a second).
-    "direct": Profile("direct", env=dict(QUIET_CONTROLLER_ENV), tweak=_in_router),
+    # `in-router` without the front door, on a quieter Serve controller (reconciles and flushes metrics once a second).
+    "direct": Profile("direct", env={**QUIET_CONTROLLER_ENV, "MODELHOST_FRONT_DOOR": "false"}, tweak=_in_router),
 }
 # `direct` with the LLM engine on one torch thread, so that Ray's processes and the serving path have a
 # CPU of their own: what the platform costs when the engine does not need every CPU.

@@ -42,6 +42,9 @@ STREAM_INTERVAL_S = 0.02
 
 # Router replica resources: it only forwards requests, so it asks for a sliver of a CPU.
 ROUTER_NUM_CPUS = 0.1
+FRONT_DOOR_NUM_CPUS = 0.05
+FRONT_DOOR_RETRY_TIMEOUT_S = 30.0
+FRONT_DOOR_DEPLOYMENT_NAME = "FrontDoor"
 ROUTER_MAX_ONGOING_REQUESTS = 1024
 
 # Media engines (AUDIO, VISION, VIDEO): largest decoded input per request (413 above it), and

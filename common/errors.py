@@ -87,6 +87,17 @@ class OverloadedError(ServingError):
         return {"Retry-After": "1"}
 
 
+class RouterUnavailableError(ServingError):
+    """No router replica answered: every one stopped or restarting (the front door's verdict,
+    ``serve/front_door/``), or the one serving a stream died mid-way."""
+
+    status_code = 503
+    error_type = "unavailable_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.extra.get("retry_after_s", 2))}
+
+
 class RequestTimeoutError(ServingError):
     status_code = 504
     error_type = "timeout_error"

@@ -48,13 +48,15 @@ def is_free(port: int, host: str = "127.0.0.1") -> bool:
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing holds now and no outgoing connection can take before a server binds it.
 
-    Never the same port twice in one process. Falls back to a kernel-chosen port when the safe range
-    is empty or full.
+    The next port is free and kept too: an app's front door takes the port and its router replicas the
+    next one (``router_config.front_door.router_port``'s default). Never the same port twice in one
+    process. Falls back to a kernel-chosen port when the safe range is empty or full.
     """
-    candidates = safe_port_candidates()
-    for port in random.sample(candidates, min(ATTEMPTS, len(candidates))):
-        if port not in _handed_out and is_free(port, host):
-            _handed_out.add(port)
+    candidates = set(safe_port_candidates())
+    for port in random.sample(sorted(candidates), min(ATTEMPTS, len(candidates))):
+        pair = (port, port + 1)
+        if all(p in candidates and p not in _handed_out and is_free(p, host) for p in pair):
+            _handed_out.update(pair)
             return port
     with socket.socket() as s:
         s.bind((host, 0))

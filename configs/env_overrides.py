@@ -19,6 +19,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "MODELHOST_HTTP_PORT": ("performance", "http_port"),
     "MODELHOST_STREAM_INTERVAL_S": ("performance", "stream_interval_s"),
     "MODELHOST_LOCAL_CHANNEL": ("performance", "local_channel"),
+    "MODELHOST_FRONT_DOOR": ("front_door", "enabled"),
     "MODELHOST_ROUTER_NUM_CPUS": ("num_cpus",),
     "MODELHOST_ROUTER_NUM_REPLICAS": ("num_replicas",),
 }

@@ -117,6 +117,27 @@ class PerformanceConfig(BasePydantic):
     )
 
 
+class FrontDoorConfig(BasePydantic):
+    """The API's port held by a process apart from the router (``router_config.front_door``; serve/front_door/).
+
+    A router replica that dies takes its client connections with it. With the front door, clients connect
+    to a small relay deployment instead; it sends each request to a router replica on its node and, when
+    that replica dies before answering, sends it again to another (or the restarted one), so no accepted
+    request is lost. The price is one more loopback hop per request."""
+
+    enabled: bool = Field(default=True, description="Clients connect to the front door; false = to the router replicas directly.")
+    router_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Where the router replicas listen behind the front door, on 127.0.0.1; null = performance.http_port + 1.",
+    )
+    retry_timeout_s: float = Field(
+        default=constants.FRONT_DOOR_RETRY_TIMEOUT_S, gt=0,
+        description="How long a request waits for a router replica to answer (one restarting after a crash) "
+        "before it gets 503 unavailable_error with Retry-After.",
+    )
+    num_cpus: float = Field(default=constants.FRONT_DOOR_NUM_CPUS, ge=0, description="Ray's CPU share per front-door replica.")
+
+
 class RouterConfig(BasePydantic):
     """Settings of the HTTP ingress (``MultiModelRouter``)."""
 
@@ -145,6 +166,21 @@ class RouterConfig(BasePydantic):
         "way), text (true means text), or json (every replica's Serve log as JSON, the request's fields as keys).",
     )
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    front_door: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
+
+    def router_port(self) -> int | None:
+        """Where the router replicas' own listeners serve: the API's port, or behind the front door."""
+        port = self.performance.http_port
+        if port is None or not self.front_door.enabled:
+            return port
+        return self.front_door.router_port or port + 1
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> "RouterConfig":
+        port = self.performance.http_port
+        if port is not None and self.front_door.enabled and self.router_port() in (port, 65536):
+            raise ValueError("front_door.router_port: must differ from performance.http_port (and be a valid port)")
+        return self
 
     @field_validator("log_requests", mode="before")
     @classmethod

@@ -56,16 +56,19 @@ def _reserved(options: dict[str, Any], replicas: int) -> dict[str, float]:
     return {name: amount * replicas for name, amount in replica_resources(options).items() if replicas}
 
 
-def plan_surge(options: dict[str, dict[str, Any]], cluster: dict[str, float] | None, first: str) -> list[str]:
+def plan_surge(options: dict[str, dict[str, Any]], cluster: dict[str, float] | None, first: tuple[str, ...]) -> list[str]:
     """Set ``max_surge_percent`` (in place) on the deployments that leave it unset and whose replacements fit
-    beside every deployment's replicas in ``cluster`` (Ray's resource totals); ``first`` (the router) is
-    served first. Returns the deployments left to Ray's stop-then-start default. Without cluster totals
-    (no Ray connection) only ``first`` gets it: the API's front door is the one restart every client sees."""
-    unset = [name for name in sorted(options, key=lambda n: (n != first, n)) if SURGE_OPTION not in options[name]]
+    beside every deployment's replicas in ``cluster`` (Ray's resource totals); ``first`` (the front door and
+    the router) are served first, in order. Returns the deployments left to Ray's stop-then-start default.
+    Without cluster totals (no Ray connection) only ``first`` get it: the API's port is the one restart every
+    client sees."""
+    rank = {name: i for i, name in enumerate(first)}
+    unset = [name for name in sorted(options, key=lambda n: (rank.get(n, len(rank)), n)) if SURGE_OPTION not in options[name]]
     if cluster is None:
-        if first in unset:
-            options[first][SURGE_OPTION] = SURGE_PERCENT
-        return [name for name in unset if name != first]
+        for name in unset:
+            if name in rank:
+                options[name][SURGE_OPTION] = SURGE_PERCENT
+        return [name for name in unset if name not in rank]
     room = dict(cluster)
     for deployment in options.values():
         _take(room, deployment_resources(deployment))

@@ -184,8 +184,9 @@ def test_build_app_groups_entries_by_deployment_name() -> None:
         ],
     }
     app = vllm_host.build_app(args)
-    handles, index, _router, in_router, _modules = app._bound_deployment.init_args
+    handles, index, _router, in_router, _modules, front_door = app._bound_deployment.init_args
     assert in_router == []
+    assert front_door._bound_deployment.name == "FrontDoor"  # the API's port, held apart from the router
     assert sorted(handles) == ["shared", "solo"]
     assert [e["deployment"] for e in index] == ["shared", "shared", "solo"]
     assert handles["shared"]._bound_deployment.ray_actor_options["num_cpus"] == 0.1

@@ -83,3 +83,47 @@ def test_replica_killed_with_four_streams_in_flight(ops_app: str, ops_client: ht
 
     wait_until(serves_again, timeout=120, interval=0.5)
     assert model_status(ops_client, "ops-echo")["replica"]["pid"] != victim
+
+
+def router_replica_pid(app: str) -> int | None:
+    """This session's router replica of ``app`` (Ray titles the process after its replica)."""
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if f"ServeReplica:{app}:MultiModelRouter" in " ".join(proc.cmdline()):
+                return proc.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+async def call_once(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
+    return await client.post("/v1/infer", json=body)
+
+
+def test_router_killed_with_requests_in_flight_loses_none(ops_app: str, ops_client: httpx.Client) -> None:
+    """The front door holds the clients' connections: requests the dead router held are sent again to its
+    replacement and complete; streams it was relaying end with an error event; none is cut silently."""
+    wait_ready(ops_client, "ops-echo")
+    victim = router_replica_pid("ops")
+    assert victim is not None
+    words = " ".join(f"q{i}" for i in range(40))  # 2 s each at SLOW
+    calls = [{"model_id": "ops-echo", "input": words, "params": {"delay_s": SLOW}} for _ in range(3)]
+
+    async def scenario() -> tuple[list[list[Any]], list[httpx.Response]]:
+        started = [asyncio.Event() for _ in STREAMS[:2]]
+        async with httpx.AsyncClient(base_url=ops_app, timeout=90) as client:
+            streams = [asyncio.create_task(read_stream(client, path, body, ev)) for (path, body), ev in zip(STREAMS, started)]
+            answers = [asyncio.create_task(call_once(client, body)) for body in calls]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), timeout=60)
+            os.kill(victim, signal.SIGKILL)  # streams mid-way, calls waiting for their answers
+            after = asyncio.create_task(call_once(client, calls[0]))  # sent while no router listens
+            return (await asyncio.wait_for(asyncio.gather(*streams), timeout=90),
+                    await asyncio.wait_for(asyncio.gather(*answers, after), timeout=90))
+
+    stream_results, answers = asyncio.run(scenario())
+    assert [outcome(events) for events in stream_results] == ["error", "error"], stream_results
+    assert {events[-2]["error"]["type"] for events in stream_results} == {"unavailable_error"}
+    assert [(a.status_code, a.json().get("text")) for a in answers] == [(200, words)] * 4, [a.text for a in answers]
+    assert router_replica_pid("ops") not in (None, victim)

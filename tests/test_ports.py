@@ -12,6 +12,8 @@ def test_picked_ports_are_free_distinct_and_outside_the_ephemeral_range() -> Non
     ports = [free_port() for _ in range(20)]
     assert len(set(ports)) == 20
     assert all(p >= 20000 and not low <= p <= high and is_free(p) for p in ports)
+    # the next port is kept too (an app's router replicas listen there behind its front door)
+    assert all(is_free(p + 1) and p + 1 not in ports and not low <= p + 1 <= high for p in ports)
 
 
 def test_a_listening_port_is_not_free() -> None:

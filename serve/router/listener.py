@@ -39,8 +39,9 @@ PORT_IN_USE_HINT = ("another program listens there, or an outgoing connection to
 class HttpListener:
     """One uvicorn server on the replica's running event loop; ``start`` then ``stop``."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, max_ongoing_requests: int, drain_timeout_s: float) -> None:
-        self.host, self.port, self.drain_timeout_s = host, port, drain_timeout_s
+    def __init__(self, app: ASGIApp, host: str, port: int, max_ongoing_requests: int, drain_timeout_s: float,
+                 port_field: str = "router_config.performance.http_port") -> None:
+        self.host, self.port, self.drain_timeout_s, self.port_field = host, port, drain_timeout_s, port_field
         config = uvicorn.Config(
             # log_config None: the replica's logging is Ray's; the router writes its own request lines
             ListenerIngress(app, max_ongoing_requests), log_config=None, log_level="warning", access_log=False, lifespan="off",
@@ -52,14 +53,15 @@ class HttpListener:
 
     async def start(self) -> None:
         """Listening when this returns; a port held by another program raises with the address in the message."""
-        sock = reuse_port_socket(self.host, self.port)
+        sock = reuse_port_socket(self.host, self.port, self.port_field)
         self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]))
         async with asyncio.timeout(START_TIMEOUT_S):
             while not self.server.started:
                 if self.task.done():  # uvicorn logs why, and exits instead of raising
                     raise RuntimeError(f"HTTP listener on {self.host}:{self.port} did not start")
                 await asyncio.sleep(0.01)
-        logger.info("API listening on http://%s:%d", self.host, self.port)
+        what = "API" if self.port_field.endswith("http_port") else "router replica (behind the front door)"
+        logger.info("%s listening on http://%s:%d", what, self.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting, then wait (bounded) for the requests in flight."""
@@ -93,7 +95,7 @@ class ListenerIngress:
             self.in_flight -= 1
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
+def reuse_port_socket(host: str, port: int, field: str = "router_config.performance.http_port") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,7 +105,7 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         hint = f"; {PORT_IN_USE_HINT}" if exc.errno == errno.EADDRINUSE else ""
-        raise RuntimeError(f"router_config.performance.http_port: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+        raise RuntimeError(f"{field}: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
     return sock
 
 

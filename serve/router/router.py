@@ -30,6 +30,7 @@ from serve.channel import channel_allowed
 from serve.channel.client import ChannelClient
 from serve.channel.paths import socket_dir
 from serve.deployments.model_host import host_models
+from serve.front_door.deployment import ROUTER_HOST as FRONT_DOOR_UPSTREAM_HOST
 from serve.router.app import build_router_app
 from serve.router.auth import load_api_keys
 from serve.router.backends import InProcessBackend, ModelBackend, RemoteBackend
@@ -51,8 +52,10 @@ logger = logging.getLogger("serve.router")
 class MultiModelRouter:
     async def __init__(
         self, handles: dict[str, Any], model_entries: list[dict[str, Any]], router_config: dict[str, Any],
-        in_router_configs: list[dict[str, Any]], engine_modules: list[str],
+        in_router_configs: list[dict[str, Any]], engine_modules: list[str], front_door: Any = None,
     ) -> None:
+        """``front_door``: the FrontDoor deployment's handle when it holds the API's port; the router only
+        keeps it, so Ray Serve deploys that deployment as part of the app."""
         use_serve_log_handlers()
         import_engine_modules(engine_modules)  # the directory reads each engine's params and endpoints
         self.config = RouterConfig.model_validate(router_config)
@@ -189,16 +192,18 @@ class MultiModelRouter:
             await self.in_router.stop()
 
     async def _start_listener(self) -> HttpListener | None:
-        perf = self.config.performance
-        if perf.http_port is None:
+        perf, port = self.config.performance, self.config.router_port()
+        if perf.http_port is None or port is None:
             return None
         if await ray_proxy_port() == perf.http_port:
             logger.info("Ray's HTTP proxy serves port %d (serve run <import path> starts it there): requests reach the "
                         "router through it. `serve run model_config.yaml` (proxy_location: Disabled) gives the port to "
                         "the router's own listener, one hop shorter.", perf.http_port)
             return None
-        listener = HttpListener(self.api, perf.http_host, perf.http_port, self.config.max_ongoing_requests,
-                                self.config.request_timeout_s)
+        behind_door = port != perf.http_port
+        listener = HttpListener(self.api, FRONT_DOOR_UPSTREAM_HOST if behind_door else perf.http_host, port,
+                                self.config.max_ongoing_requests, self.config.request_timeout_s,
+                                "router_config.front_door.router_port" if behind_door else "router_config.performance.http_port")
         await listener.start()
         return listener
 

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from common.chunks import ChunkMerger, is_heartbeat
 from common.errors import RequestTimeoutError, ServingError
-from common.sse import SSE_DONE, sse_event
+from common.sse import SENTINEL_HEADER, SSE_DONE, sse_event
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ async def sse_response(chunks: Chunks, timeout: float, encoder: EventEncoder, do
         if done is not None:
             yield done
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    # the sentinel named in a header: the front door ends a stream cut by a dead router replica the same way
+    sentinel = {SENTINEL_HEADER: done[len(b"data: "):].strip().decode()} if done is not None else {}
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache", **sentinel})
 
 
 async def bytes_response(chunks: Chunks, timeout: float, media_type: str, field: str) -> StreamingResponse:
