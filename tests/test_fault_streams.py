@@ -102,7 +102,7 @@ async def call_once(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Re
     return await client.post("/v1/infer", json=body)
 
 
-def test_router_killed_with_requests_in_flight_loses_none(ops_app: str, ops_client: httpx.Client) -> None:
+def test_router_killed_with_requests_in_flight_loses_none(ops_app: str, ops_client: httpx.Client, metrics_port: int) -> None:
     """The front door holds the clients' connections: requests the dead router held are sent again to its
     replacement and complete; streams it was relaying end with an error event; none is cut silently."""
     wait_ready(ops_client, "ops-echo")
@@ -127,3 +127,10 @@ def test_router_killed_with_requests_in_flight_loses_none(ops_app: str, ops_clie
     assert {events[-2]["error"]["type"] for events in stream_results} == {"unavailable_error"}
     assert [(a.status_code, a.json().get("text")) for a in answers] == [(200, words)] * 4, [a.text for a in answers]
     assert router_replica_pid("ops") not in (None, victim)
+
+    def counted() -> bool:  # what clients met that no router saw reaches Prometheus
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        return any(line.startswith("ray_modelhost_front_door_events_total") and 'event="stream_cut"' in line
+                   and 'application="ops"' in line for line in text.splitlines())
+
+    wait_until(counted, timeout=120, interval=2)

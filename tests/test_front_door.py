@@ -93,8 +93,9 @@ def stream_then(events: int, die: bool, wait_s: float = 0.0, sentinel: bool = Fa
 class Door:
     def __init__(self, retry_timeout_s: float = 5.0, max_body_bytes: int = 1 << 20, max_waiting: int = 1024) -> None:
         self.port, self.router_port = free_port(), free_port()
+        self.events: list[str] = []
         self.relay = Relay(RelaySettings("127.0.0.1", self.router_port, retry_timeout_s, max_body_bytes,
-                                         max_waiting=max_waiting))
+                                         max_waiting=max_waiting), on_event=self.events.append)
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> "Door":
@@ -140,6 +141,23 @@ async def test_a_request_whose_router_died_before_answering_is_sent_again() -> N
         await router.stop()
     assert answer.status_code == 200 and answer.json() == {"echo": {"prompt": "same"}}
     assert [body for _, body in router.requests] == [b'{"prompt":"same"}'] * 2
+    assert door.events == ["resent"]
+
+
+@in_loop
+async def test_a_kept_alive_connection_the_router_closed_is_replaced_at_once_without_counting() -> None:
+    async def answer_and_close(body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answer_json(body, reader, writer)
+        writer.close()  # as uvicorn does after its keep-alive timeout
+        raise ConnectionError
+
+    async with Door() as door:
+        router = await FakeRouter(door.router_port, answer_and_close).start()
+        async with httpx.AsyncClient(base_url=door.url) as client:
+            answers = [await client.post("/v1/infer", json={"n": i}) for i in range(3)]
+        await router.stop()
+    assert [a.json() for a in answers] == [{"echo": {"n": i}} for i in range(3)]
+    assert door.events == []
 
 
 @in_loop
@@ -164,6 +182,7 @@ async def test_no_router_within_the_retry_timeout_is_a_503_with_retry_after() ->
     assert answer.status_code == 503 and answer.headers["retry-after"] == "2"
     assert answer.json()["error"]["type"] == "unavailable_error"
     assert again.status_code == 503
+    assert door.events.count("unavailable") == 2 and "resent" in door.events
 
 
 @in_loop
@@ -191,6 +210,7 @@ async def test_a_stream_whose_router_dies_ends_with_an_error_event(sentinel: boo
     assert got[:2] == [{"i": 0}, {"i": 1}]
     assert got[2]["error"]["type"] == "unavailable_error"
     assert got[3:] == (["[DONE]"] if sentinel else [])  # the stream's own last event, when it has one
+    assert door.events == ["stream_cut"]
 
 
 @in_loop

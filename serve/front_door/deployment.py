@@ -9,7 +9,7 @@ It relays to the router replicas on its own node: give both the same ``router_co
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from common.logs import use_serve_log_handlers
 from configs.server_models import RouterConfig
@@ -19,6 +19,17 @@ from serve.router.ray_proxy import ray_proxy_port
 
 logger = logging.getLogger("serve.front_door")
 ROUTER_HOST = "127.0.0.1"
+
+
+def _event_counter() -> Callable[[str], None]:
+    """``modelhost_front_door_events_total{event}``: what clients met that no router replica saw (rare events,
+    counted as they happen)."""
+    from ray.serve.metrics import Counter
+
+    counter = Counter("modelhost_front_door_events_total", tag_keys=("event",),
+                      description="Requests the front door sent again after their router replica failed before answering "
+                      "(resent), answered 503 itself (unavailable), or ended with an error event mid-stream (stream_cut).")
+    return lambda event: counter.inc(1, tags={"event": event})
 
 
 class FrontDoor:
@@ -35,7 +46,8 @@ class FrontDoor:
             return
         self.relay = Relay(RelaySettings(ROUTER_HOST, router_port, config.front_door.retry_timeout_s,
                                          config.max_request_body_bytes,
-                                         max_waiting=config.max_ongoing_requests * config.num_replicas))
+                                         max_waiting=config.max_ongoing_requests * config.num_replicas),
+                           on_event=_event_counter())
         await self.relay.start(reuse_port_socket(config.performance.http_host, port))
         logger.info("API listening on http://%s:%d (front door; router replicas behind it on %s:%d)",
                     config.performance.http_host, port, ROUTER_HOST, router_port)

@@ -22,7 +22,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from common.errors import PayloadTooLargeError, RouterUnavailableError
 from common.sse import SENTINEL_HEADER, sse_event
@@ -57,16 +57,16 @@ class Upstream:
         self.host, self.port = host, port
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def connect(self, fresh: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A kept-alive connection, or (``fresh``, or none idle) a new one."""
-        while self.idle and not fresh:
+    async def connect(self, reuse: bool = True) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], bool]:
+        """A kept-alive connection (when ``reuse``) or a new one, and whether it was kept alive."""
+        while self.idle and reuse:
             reader, writer = self.idle.pop()
             if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
+                return (reader, writer), True
             writer.close()
         reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
         _no_delay(writer.transport)
-        return reader, writer
+        return (reader, writer), False
 
     def release(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], reusable: bool) -> None:
         if reusable and len(self.idle) < MAX_IDLE_UPSTREAM and not conn[1].is_closing():
@@ -111,11 +111,16 @@ class ClientProtocol(asyncio.StreamReaderProtocol):
         super().connection_lost(exc)
 
 
+# what the relay counts (``on_event``): a request sent again after its router failed before answering, a 503
+# the relay answered itself (no router in time, too many waiting), a stream it ended with an error event
+EVENTS = ("resent", "unavailable", "stream_cut")
+
+
 class Relay:
     """Serves client connections on a listening socket; ``start`` then ``stop``."""
 
-    def __init__(self, settings: RelaySettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: RelaySettings, on_event: Callable[[str], None] = lambda event: None) -> None:
+        self.settings, self.on_event = settings, on_event
         self.upstream = Upstream(settings.upstream_host, settings.upstream_port)
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.Task[Any]] = set()
@@ -198,12 +203,12 @@ class Relay:
         """Send ``request`` to a router replica (again, until one answers) and relay its answer.
         True when the client's connection can carry another request."""
         deadline = time.monotonic() + self.settings.retry_timeout_s
-        wait, fresh = RETRY_FIRST_WAIT_S, False
+        wait, reuse = RETRY_FIRST_WAIT_S, True
         payload = request.encode()
         while True:
-            conn = None
+            conn, reused = None, False
             try:
-                conn = await self.upstream.connect(fresh)
+                conn, reused = await self.upstream.connect(reuse)
                 conn[1].write(payload)
                 response = parse_response(await conn[0].readuntil(b"\r\n\r\n"))
                 while response.status == 100:  # an interim answer; the real one follows
@@ -212,16 +217,18 @@ class Relay:
             except UPSTREAM_ERRORS as exc:
                 if conn is not None:
                     self.upstream.release(conn, reusable=False)
-                if not fresh:  # a kept-alive connection the router had closed: at once, on a new one
-                    fresh = True
+                if reused:  # a kept-alive connection the router had closed meanwhile: at once, on a new one
+                    reuse = False
                     continue
                 self._outage(exc, ended=False)
                 if time.monotonic() + wait > deadline or self.waiting >= self.settings.max_waiting:
+                    self.on_event("unavailable")
                     await _answer_error(client, 503, RouterUnavailableError.error_type,
                                         "no router replica answered; retry later", retry_after_s=2)
                     return True
                 await self._wait(wait)
                 wait = min(wait * 2, RETRY_MAX_WAIT_S)
+                self.on_event("resent")
             except BaseException:  # the client left (cancelled): the router's connection goes with it
                 if conn is not None:
                     self.upstream.release(conn, reusable=False)
@@ -259,6 +266,7 @@ class Relay:
                 event = sse_event({"error": error.to_dict()})
                 sentinel = header(response.headers, SENTINEL_HEADER.encode())
                 event += b"data: %s\n\n" % sentinel if sentinel else b""
+                self.on_event("stream_cut")
                 client.write(event if dechunk else b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
                 with contextlib.suppress(ConnectionError, OSError):
                     await client.drain()
