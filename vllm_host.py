@@ -54,14 +54,8 @@ def cluster_resources() -> dict[str, float] | None:
 
 def requested_cpus(loaded: LoadedConfig) -> dict[str, float]:
     """CPUs each deployment reserves at start (its replicas' ``num_cpus``; Ray's default is 1 a replica)."""
-    wanted = {constants.ROUTER_DEPLOYMENT_NAME: deployment_resources(router_options(loaded.router)).get("CPU", 0.0)}
-    if has_front_door(loaded.router):
-        wanted[constants.FRONT_DOOR_DEPLOYMENT_NAME] = deployment_resources(front_door_options(loaded.router)).get("CPU", 0.0)
-    for name, entries in model_deployments(loaded.models).items():
-        if name == constants.ROUTER_DEPLOYMENT_NAME:
-            continue
-        wanted[name] = deployment_resources(deployment_options(entries)).get("CPU", 0.0)
-    return wanted
+    options = app_deployment_options(loaded, model_deployments(loaded.models))
+    return {name: deployment_resources(o).get("CPU", 0.0) for name, o in options.items()}
 
 
 def warn_if_cpus_short(loaded: LoadedConfig, cluster: dict[str, float] | None) -> None:
@@ -86,17 +80,25 @@ def load_multi_model_config(yaml_path: str) -> list[MultiModelConfig]:
 def build_application(loaded: LoadedConfig, cluster: dict[str, float] | None = None) -> Application:
     groups = model_deployments(loaded.models)
     router_models = groups.pop(constants.ROUTER_DEPLOYMENT_NAME, [])  # hosted by the router's replicas
-    options = {name: deployment_options(entries, loaded.router.log_requests) for name, entries in groups.items()}
-    options[constants.ROUTER_DEPLOYMENT_NAME] = router_options(loaded.router)
-    if has_front_door(loaded.router):
-        options[constants.FRONT_DOOR_DEPLOYMENT_NAME] = front_door_options(loaded.router)
+    options = app_deployment_options(loaded, groups)
     plan_rollouts(options, cluster)
     handles = {name: _bind_model_deployment(name, entries, options[name], loaded) for name, entries in groups.items()}
     ingress = serve.deployment(RouterIngress, name=constants.ROUTER_DEPLOYMENT_NAME, **options[constants.ROUTER_DEPLOYMENT_NAME])
     index, router_config = [_index_entry(m) for m in loaded.models], loaded.router.model_dump()
-    init_args = (handles, index, router_config, [m.model_dump() for m in router_models], loaded.engine_modules,
-                 _bind_front_door(options, router_config))
-    return _versioned(ingress, *init_args[1:5]).bind(*init_args)
+    versioned_args = (index, router_config, [m.model_dump() for m in router_models], loaded.engine_modules)
+    # the bound deployments (handles, front door) are left out of the version: each is versioned itself
+    return _versioned(ingress, *versioned_args).bind(handles, *versioned_args, _bind_front_door(options, router_config))
+
+
+def app_deployment_options(loaded: LoadedConfig, groups: dict[str, list[MultiModelConfig]]) -> dict[str, dict[str, Any]]:
+    """The Serve options of every deployment of the app, by name: the model deployments (``groups``), the
+    router, and the front door when it holds the API's port."""
+    options = {name: deployment_options(entries, loaded.router.log_requests)
+               for name, entries in groups.items() if name != constants.ROUTER_DEPLOYMENT_NAME}
+    options[constants.ROUTER_DEPLOYMENT_NAME] = router_options(loaded.router)
+    if loaded.router.has_front_door:
+        options[constants.FRONT_DOOR_DEPLOYMENT_NAME] = front_door_options(loaded.router)
+    return options
 
 
 def router_options(router: RouterConfig) -> dict[str, Any]:
@@ -112,10 +114,6 @@ def router_options(router: RouterConfig) -> dict[str, Any]:
     if router.max_surge_percent is not None:
         options["max_surge_percent"] = router.max_surge_percent
     return options
-
-
-def has_front_door(router: RouterConfig) -> bool:
-    return router.front_door.enabled and router.performance.http_port is not None
 
 
 def front_door_options(router: RouterConfig) -> dict[str, Any]:

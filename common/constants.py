@@ -45,6 +45,7 @@ ROUTER_NUM_CPUS = 0.1
 FRONT_DOOR_NUM_CPUS = 0.05
 FRONT_DOOR_RETRY_TIMEOUT_S = 30.0
 FRONT_DOOR_DEPLOYMENT_NAME = "FrontDoor"
+FRONT_DOOR_ROUTER_HOST = "127.0.0.1"  # behind the front door, the router replicas listen on loopback only
 ROUTER_MAX_ONGOING_REQUESTS = 1024
 
 # Media engines (AUDIO, VISION, VIDEO): largest decoded input per request (413 above it), and

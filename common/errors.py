@@ -69,6 +69,11 @@ class PayloadTooLargeError(ServingError):
     error_type = "payload_too_large"
 
 
+class HeaderFieldsTooLargeError(ServingError):
+    status_code = 431
+    error_type = "request_header_fields_too_large"
+
+
 class ModelNotReadyError(ServingError):
     status_code = 503
     error_type = "model_not_ready"

@@ -168,17 +168,20 @@ class RouterConfig(BasePydantic):
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     front_door: FrontDoorConfig = Field(default_factory=FrontDoorConfig)
 
+    @property
+    def has_front_door(self) -> bool:
+        """The front door holds the API's port (there is a port, and the front door is on)."""
+        return self.front_door.enabled and self.performance.http_port is not None
+
     def router_port(self) -> int | None:
         """Where the router replicas' own listeners serve: the API's port, or behind the front door."""
-        port = self.performance.http_port
-        if port is None or not self.front_door.enabled:
-            return port
-        return self.front_door.router_port or port + 1
+        if not self.has_front_door:
+            return self.performance.http_port
+        return self.front_door.router_port or self.performance.http_port + 1
 
     @model_validator(mode="after")
     def _check_ports(self) -> "RouterConfig":
-        port = self.performance.http_port
-        if port is not None and self.front_door.enabled and self.router_port() in (port, 65536):
+        if self.has_front_door and self.router_port() in (self.performance.http_port, 65536):
             raise ValueError("front_door.router_port: must differ from performance.http_port (and be a valid port)")
         return self
 

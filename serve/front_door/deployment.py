@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from common.constants import FRONT_DOOR_ROUTER_HOST
 from common.logs import use_serve_log_handlers
 from configs.server_models import RouterConfig
 from serve.front_door.relay import Relay, RelaySettings
@@ -18,7 +19,6 @@ from serve.router.listener import reuse_port_socket
 from serve.router.ray_proxy import ray_proxy_port
 
 logger = logging.getLogger("serve.front_door")
-ROUTER_HOST = "127.0.0.1"
 
 
 def _event_counter() -> Callable[[str], None]:
@@ -39,18 +39,18 @@ class FrontDoor:
         self.drain_timeout_s = config.request_timeout_s
         self.relay: Relay | None = None
         port, router_port = config.performance.http_port, config.router_port()
-        if port is None or router_port is None:
+        if not config.has_front_door or port is None or router_port is None:
             return
         if await ray_proxy_port() == port:
             logger.info("Ray's HTTP proxy serves port %d: the front door stays idle", port)
             return
-        self.relay = Relay(RelaySettings(ROUTER_HOST, router_port, config.front_door.retry_timeout_s,
+        self.relay = Relay(RelaySettings(FRONT_DOOR_ROUTER_HOST, router_port, config.front_door.retry_timeout_s,
                                          config.max_request_body_bytes,
                                          max_waiting=config.max_ongoing_requests * config.num_replicas),
                            on_event=_event_counter())
         await self.relay.start(reuse_port_socket(config.performance.http_host, port))
         logger.info("API listening on http://%s:%d (front door; router replicas behind it on %s:%d)",
-                    config.performance.http_host, port, ROUTER_HOST, router_port)
+                    config.performance.http_host, port, FRONT_DOOR_ROUTER_HOST, router_port)
 
     async def check_health(self) -> None:
         """Ray Serve's health check: a relay that stopped serving gets the replica replaced."""

@@ -12,18 +12,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from common.errors import InvalidRequestError, PayloadTooLargeError
+
 MAX_HEAD_BYTES = 64 * 1024
 # hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the message
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
                         b"transfer-encoding", b"expect", b"content-length"})
-
-
-class BadRequest(Exception):
-    """The client's bytes are not an HTTP/1.1 request the relay can frame (answered 400, connection closed)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class UpstreamBroke(Exception):
@@ -80,7 +74,7 @@ def split_head(raw: bytes) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep or not name or name != name.strip():
-            raise BadRequest("malformed header line")
+            raise InvalidRequestError("malformed header line")
         headers.append((name.lower(), value.strip()))
     return lines[0].split(b" ", 2), headers
 
@@ -99,7 +93,7 @@ def tokens(value: bytes | None) -> set[bytes]:
 def parse_request(raw: bytes) -> Request:
     start, headers = split_head(raw)
     if len(start) != 3 or not start[2].startswith(b"HTTP/1."):
-        raise BadRequest("not an HTTP/1.x request line")
+        raise InvalidRequestError("not an HTTP/1.x request line")
     method, target, version = start
     connection = tokens(header(headers, b"connection"))
     request = Request(method, target, version, headers,
@@ -109,7 +103,7 @@ def parse_request(raw: bytes) -> Request:
     length = header(headers, b"content-length")
     if length is not None and not request.chunked:
         if not length.isdigit():
-            raise BadRequest("invalid Content-Length")
+            raise InvalidRequestError("invalid Content-Length")
         request.content_length = int(length)
     return request
 
@@ -118,7 +112,7 @@ def parse_response(raw: bytes) -> Response:
     try:
         start, headers = split_head(raw)
         status = int(start[1])
-    except (BadRequest, ValueError, IndexError) as exc:
+    except (InvalidRequestError, ValueError, IndexError) as exc:
         raise UpstreamBroke("malformed response head") from exc
     length = header(headers, b"content-length")
     return Response(status, b" ".join(start),
@@ -139,12 +133,12 @@ async def read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
                 pass
             return bytes(body)
         if len(body) + size > limit:
-            raise BadRequest(f"request body over {limit} bytes", status=413)
+            raise PayloadTooLargeError(f"request body over {limit} bytes")
         body += (await reader.readexactly(size + 2))[:-2]
 
 
 def _chunk_size(line: bytes) -> bytes:
     size = line.split(b";", 1)[0].strip()
     if not size or len(size) > 16 or any(c not in b"0123456789abcdefABCDEF" for c in size):
-        raise BadRequest("malformed chunk size")
+        raise InvalidRequestError("malformed chunk size")
     return size

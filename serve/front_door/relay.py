@@ -22,12 +22,13 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Callable
 
-from common.errors import PayloadTooLargeError, RouterUnavailableError
+from common.errors import HeaderFieldsTooLargeError, PayloadTooLargeError, RouterUnavailableError, ServingError
 from common.sse import SENTINEL_HEADER, sse_event
 from serve.front_door.http1 import (
-    MAX_HEAD_BYTES, BadRequest, Request, Response, UpstreamBroke, header, parse_request, parse_response, read_chunked,
+    MAX_HEAD_BYTES, Request, Response, UpstreamBroke, header, parse_request, parse_response, read_chunked,
 )
 
 logger = logging.getLogger(__name__)
@@ -174,15 +175,14 @@ class Relay:
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             return None
         except asyncio.LimitOverrunError:
-            await _answer_error(writer, 431, "request_header_fields_too_large", "request headers too large")
+            await _answer_error(writer, HeaderFieldsTooLargeError(f"request headers over {MAX_HEAD_BYTES} bytes"))
             return None
         try:
             request = parse_request(raw)
             async with asyncio.timeout(self.settings.idle_timeout_s):  # a body that trickles in is dropped
                 await self._read_body(request, reader, writer)
-        except BadRequest as err:
-            await _answer_error(writer, err.status, "invalid_request_error" if err.status == 400 else
-                                PayloadTooLargeError.error_type, str(err))
+        except ServingError as err:  # malformed, or too large
+            await _answer_error(writer, err)
             return None
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError, TimeoutError):
             return None
@@ -191,7 +191,7 @@ class Relay:
     async def _read_body(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         limit = self.settings.max_body_bytes
         if request.content_length > limit:
-            raise BadRequest(f"request body of {request.content_length} bytes is over the limit of {limit}", status=413)
+            raise PayloadTooLargeError(f"request body of {request.content_length} bytes is over the limit of {limit}")
         if request.expects_continue and (request.chunked or request.content_length):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if request.chunked:
@@ -223,8 +223,7 @@ class Relay:
                 self._outage(exc, ended=False)
                 if time.monotonic() + wait > deadline or self.waiting >= self.settings.max_waiting:
                     self.on_event("unavailable")
-                    await _answer_error(client, 503, RouterUnavailableError.error_type,
-                                        "no router replica answered; retry later", retry_after_s=2)
+                    await _answer_error(client, RouterUnavailableError("no router replica answered; retry later", retry_after_s=2))
                     return True
                 await self._wait(wait)
                 wait = min(wait * 2, RETRY_MAX_WAIT_S)
@@ -328,14 +327,13 @@ async def _copy_body(response: Response, upstream: asyncio.StreamReader, client:
             remaining -= len(data)
 
 
-async def _answer_error(writer: asyncio.StreamWriter, status: int, error_type: str, message: str, **extra: Any) -> None:
-    """An answer of the relay's own, in the error contract's shape."""
-    body = json.dumps({"error": {"type": error_type, "message": message, "param": None, "code": None, **extra}}).encode()
-    reason = {400: b"Bad Request", 413: b"Payload Too Large", 431: b"Request Header Fields Too Large",
-              503: b"Service Unavailable"}.get(status, b"Error")
-    retry = b"retry-after: %d\r\n" % extra["retry_after_s"] if "retry_after_s" in extra else b""
+async def _answer_error(writer: asyncio.StreamWriter, error: ServingError) -> None:
+    """An answer of the relay's own, in the error contract's shape, with the error's headers (Retry-After)."""
+    body = json.dumps({"error": error.to_dict()}).encode()
+    status = HTTPStatus(error.status_code)
+    extra = b"".join(b"%s: %s\r\n" % (name.lower().encode(), value.encode()) for name, value in error.headers().items())
     writer.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
-                 % (status, reason, len(body), retry, body))
+                 % (status.value, status.phrase.encode(), len(body), extra, body))
     with contextlib.suppress(ConnectionError, OSError):
         await writer.drain()
 

@@ -40,8 +40,9 @@ class HttpListener:
     """One uvicorn server on the replica's running event loop; ``start`` then ``stop``."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, max_ongoing_requests: int, drain_timeout_s: float,
-                 port_field: str = "router_config.performance.http_port") -> None:
-        self.host, self.port, self.drain_timeout_s, self.port_field = host, port, drain_timeout_s, port_field
+                 port_field: str = "router_config.performance.http_port", label: str = "API") -> None:
+        self.host, self.port, self.drain_timeout_s = host, port, drain_timeout_s
+        self.port_field, self.label = port_field, label
         config = uvicorn.Config(
             # log_config None: the replica's logging is Ray's; the router writes its own request lines
             ListenerIngress(app, max_ongoing_requests), log_config=None, log_level="warning", access_log=False, lifespan="off",
@@ -60,8 +61,7 @@ class HttpListener:
                 if self.task.done():  # uvicorn logs why, and exits instead of raising
                     raise RuntimeError(f"HTTP listener on {self.host}:{self.port} did not start")
                 await asyncio.sleep(0.01)
-        what = "API" if self.port_field.endswith("http_port") else "router replica (behind the front door)"
-        logger.info("%s listening on http://%s:%d", what, self.host, self.port)
+        logger.info("%s listening on http://%s:%d", self.label, self.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting, then wait (bounded) for the requests in flight."""

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from common.call import ModelCall
-from common.constants import ROUTER_DEPLOYMENT_NAME
+from common.constants import FRONT_DOOR_ROUTER_HOST, ROUTER_DEPLOYMENT_NAME
 from common.errors import OverloadedError, ServingError
 from common.logs import use_serve_log_handlers
 from common.memory import MemoryTrimmer
@@ -30,7 +30,6 @@ from serve.channel import channel_allowed
 from serve.channel.client import ChannelClient
 from serve.channel.paths import socket_dir
 from serve.deployments.model_host import host_models
-from serve.front_door.deployment import ROUTER_HOST as FRONT_DOOR_UPSTREAM_HOST
 from serve.router.app import build_router_app
 from serve.router.auth import load_api_keys
 from serve.router.backends import InProcessBackend, ModelBackend, RemoteBackend
@@ -200,10 +199,10 @@ class MultiModelRouter:
                         "router through it. `serve run model_config.yaml` (proxy_location: Disabled) gives the port to "
                         "the router's own listener, one hop shorter.", perf.http_port)
             return None
-        behind_door = port != perf.http_port
-        listener = HttpListener(self.api, FRONT_DOOR_UPSTREAM_HOST if behind_door else perf.http_host, port,
-                                self.config.max_ongoing_requests, self.config.request_timeout_s,
-                                "router_config.front_door.router_port" if behind_door else "router_config.performance.http_port")
+        host, field, label = ((FRONT_DOOR_ROUTER_HOST, "router_config.front_door.router_port", "router replica (behind the front door)")
+                              if self.config.has_front_door else (perf.http_host, "router_config.performance.http_port", "API"))
+        listener = HttpListener(self.api, host, port, self.config.max_ongoing_requests, self.config.request_timeout_s,
+                                port_field=field, label=label)
         await listener.start()
         return listener
 
