@@ -27,6 +27,9 @@ class LlamaCppEngineConfig(BasePydantic):
         default=None, ge=1, le=1024, description="llama.cpp threads; default = the CPUs Ray gave the replica (num_cpus, "
         "rounded up, at least 1), or every CPU outside Ray.")
     use_chat_template: bool = Field(default=True, description="Wrap a string input as a user turn (the GGUF's chat template).")
+    kv_cache_on_demand: bool = Field(
+        default=True, description="The KV cache's memory becomes resident as the slots fill it, not all at start "
+        "(llama.cpp zeroes all n_parallel x n_ctx cells up front; the engine hands those untouched pages back).")
 
 
 class LlamaCppEmbeddingEngineConfig(EmbeddingBatching):

@@ -78,12 +78,15 @@ class LlamaCppEngine(TextGenerationEngine):
         cfg = self.engine_config
         path = gguf_path(resolve_model_source(self.config.model_loading_config.model_source), cfg)
         threads = cfg.num_threads or replica_cpus()
-        self.model = GgufModel(path, n_ctx=cfg.n_ctx, n_parallel=cfg.n_parallel, n_batch=cfg.n_batch, n_threads=threads)
+        self.model = GgufModel(path, n_ctx=cfg.n_ctx, n_parallel=cfg.n_parallel, n_batch=cfg.n_batch, n_threads=threads,
+                               cache_on_demand=cfg.kv_cache_on_demand)
         self.tokenizer = GgufTokenizer(self.model)
         self._loras = self._load_loras()
         self._slots = SlotScheduler(self.model, LoraSwitch(self.model, self._loras) if self._loras else None)
-        logger.info("loaded %s from %s (llama.cpp, %d threads, %d slots of %d tokens)",
-                    self.model_id, path.name, threads, cfg.n_parallel, self.model.n_ctx_seq)
+        logger.info("loaded %s from %s (llama.cpp, %d threads, %d slots of %d tokens%s)",
+                    self.model_id, path.name, threads, cfg.n_parallel, self.model.n_ctx_seq,
+                    f"; {self.model.released_bytes / 2**20:.0f} MiB of KV cache resident as used"
+                    if self.model.released_bytes else "")
 
     def _load_loras(self) -> dict[str, Any]:
         """The entry's adapters, all loaded now; one that fails frees the model and fails the start, naming it."""

@@ -190,6 +190,40 @@ def test_a_prompt_prefix_is_copied_from_another_slot(engine: Any) -> None:
     assert together[1][0] and together[1][0] != alone
 
 
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux: pages are handed back through /proc/self/maps")
+def test_the_kv_cache_is_resident_as_it_fills_and_answers_are_unchanged(engine: Any, smollm2_dir: Path) -> None:
+    """llama.cpp zeroes the whole cache at start; the engine hands those pages back (kv_cache_on_demand), so
+    the replica holds only what its slots use, and every answer is what the fully resident cache gives."""
+    kv_bytes = SLOTS * 512 * 30 * 2 * 192 * 2  # cells x SmolLM2's 30 layers x (K, V) x 192 values x f16
+    assert engine[0].model.released_bytes >= kv_bytes
+    grown = {}
+    engines = {}
+    for on_demand in (True, False):
+        before = resident_bytes()
+        eng = engines[on_demand] = make_engine(smollm2_dir, kv_cache_on_demand=on_demand)
+        asyncio.run(eng.start())
+        grown[on_demand] = resident_bytes() - before
+    try:
+        assert grown[False] >= kv_bytes  # llama.cpp's own way: the whole cache from the start
+        assert grown[True] <= grown[False] - 0.9 * kv_bytes
+        story = [{"role": "user", "content": "Write a long story about a brave knight and a dragon."}]
+
+        async def both(eng: LlamaCppEngine) -> list[tuple[str, dict[str, Any]]]:
+            return await asyncio.gather(*(answer(eng, m, temperature=0, max_tokens=48) for m in (PARIS, story, story)))
+
+        lazy, eager = (asyncio.run(both(engines[k])) for k in (True, False))
+        assert [text for text, _ in lazy] == [text for text, _ in eager] and "Paris" in lazy[0][0]
+    finally:
+        for eng in engines.values():
+            asyncio.run(eng.stop())
+
+
 CITY = {"type": "object", "additionalProperties": False, "required": ["city", "country"],
         "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 24},
                        "country": {"type": "string", "minLength": 1, "maxLength": 24}}}
