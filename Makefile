@@ -11,6 +11,8 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # What `make run` runs in the foreground and `make run-bg` in the background, e.g.
 # make run SERVE_CMD="$(VENV)/bin/serve run other_config.yaml"
 SERVE_CMD ?= $(VENV)/bin/serve run model_config.yaml
+# ...started with Ray Serve's polling slowed for a small machine (configs/ray_env.py; each variable overridable)
+WITH_RAY_ENV := $(PY) -m configs.ray_env
 PID_FILE ?= .serve.pid
 LOG_FILE ?= serve.log
 # How long `make stop` waits after SIGTERM before it SIGKILLs what is left of the group
@@ -42,7 +44,7 @@ models: setup
 	$(PY) scripts/prepare_models.py
 
 run: models
-	$(SERVE_CMD)
+	$(WITH_RAY_ENV) $(SERVE_CMD)
 
 # `make run-bg` starts $(SERVE_CMD) under setsid: a session and process group of its own whose id is its pid,
 # kept in $(PID_FILE). The local Ray cluster `serve run` starts (GCS, raylet, dashboard, workers and what they
@@ -62,7 +64,7 @@ run-bg: models
 	if [ -n "$$pgid" ] && group_alive "$$pgid"; then \
 		echo "already running: process group $$pgid (from $(PID_FILE)); stop it first with: make stop" >&2; exit 1; \
 	fi; \
-	setsid $(SERVE_CMD) > "$(LOG_FILE)" 2>&1 < /dev/null & pid=$$!; \
+	setsid $(WITH_RAY_ENV) $(SERVE_CMD) > "$(LOG_FILE)" 2>&1 < /dev/null & pid=$$!; \
 	echo "$$pid" > "$(PID_FILE)"; \
 	i=0; until kill -0 "-$$pid" 2>/dev/null || [ $$i -ge 50 ]; do sleep 0.1; i=$$((i + 1)); done; \
 	echo "started in the background: process group $$pid (in $(PID_FILE)); logs in $(LOG_FILE) (tail -f $(LOG_FILE))"; \

@@ -20,6 +20,7 @@ from typing import Iterator
 import httpx
 
 from common.ports import free_port
+from configs.ray_env import run_environment
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,10 @@ LOG_DIR = Path(tempfile.gettempdir()) / f"modelhost-bench-{os.getpid()}"  # serv
 
 
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of every server under test: the repo importable, Ray workers not niced."""
+    """The environment of every server under test: the repo importable, Ray workers not niced, and Ray Serve's
+    polling as ``make run`` sets it (``configs.ray_env``; a profile's ``env`` comes on top)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never attach to someone else's cluster
+    env = run_environment(env)
     env.update({"PYTHONPATH": str(REPO_ROOT), "RAY_worker_niceness": "0", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"})
     env.update(extra or {})
     return env
