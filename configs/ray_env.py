@@ -1,11 +1,12 @@
 """Ray Serve settings that ``make run`` starts the local cluster with, where Ray's defaults are tuned for large clusters.
 
 Ray Serve's controller reconciles every 0.1 s, and every replica flushes its cached metrics every 0.1 s. On
-a 2-core machine serving a CPU model, that polling (and the GCS requests it makes) takes about 60 ms of CPU
-a second of an idle app, 3% of the machine, and llama.cpp's threads, which wait for each other at every
-operation, lose about twice that. Twice a second for the controller and once a second for metrics (which
-Prometheus scrapes every 10-15 s anyway) cut it to about a third. The price: the controller notices a
-replica that died, or one that became ready, up to 0.4 s later.
+a 2-core machine serving a CPU model, the controller and the GCS requests it makes take about 48 ms of CPU a
+second of an idle app (2.4% of the machine; measured with one model, the router and the front door), and
+llama.cpp's threads, which wait for each other at every operation, lose about twice that. Reconciling twice
+a second takes about half (23 ms/s); metrics flushed once a second are still fresher than Prometheus
+scrapes them (every 10-15 s). The price: the controller notices a replica that died, or one that became
+ready, up to 0.4 s later.
 
 Ray reads these at start-up, in every process of the cluster, so they must be in the environment of the
 command that starts it: ``python -m configs.ray_env serve run model_config.yaml`` runs ``serve run`` with
