@@ -217,8 +217,14 @@ def test_the_kv_cache_is_resident_as_it_fills_and_answers_are_unchanged(engine: 
         async def both(eng: LlamaCppEngine) -> list[tuple[str, dict[str, Any]]]:
             return await asyncio.gather(*(answer(eng, m, temperature=0, max_tokens=48) for m in (PARIS, story, story)))
 
-        lazy, eager = (asyncio.run(both(engines[k])) for k in (True, False))
+        asyncio.run(answer(engines[True], temperature=0, max_tokens=4))  # llama.cpp's compute buffers in use
+        before = resident_bytes()
+        lazy = asyncio.run(both(engines[True]))  # the two stories share a prompt: one slot copies the other's cells
+        grown[True] = resident_bytes() - before
+        eager = asyncio.run(both(engines[False]))
         assert [text for text, _ in lazy] == [text for text, _ in eager] and "Paris" in lazy[0][0]
+        assert engines[True].stats()["shared_prompt_tokens"] > 0
+        assert grown[True] < kv_bytes / 3  # three slots used: a fraction of each stream, not the whole
     finally:
         for eng in engines.values():
             asyncio.run(eng.stop())

@@ -85,6 +85,25 @@ class GgufModel:
         errors = self.llama.take_errors()
         return "; ".join(errors[-3:]) if errors else default
 
+    # -- sequences ----------------------------------------------------------------------------
+    def copy_prefix(self, src: int, dst: int, n_tokens: int) -> bool:
+        """Sequence ``dst`` (empty) gets the cache of ``src``'s first ``n_tokens`` positions; False when llama.cpp
+        refused, and ``dst`` stays empty.
+
+        Through llama.cpp's sequence state (the cells ``src`` uses, serialized and read back into ``dst``'s
+        stream) rather than ``llama_memory_seq_cp``, which between streams copies the whole stream: n_ctx cells,
+        mostly empty ones, a multiple of the bytes, and every page of ``dst``'s stream made resident
+        (``servers.llama.resident``)."""
+        lib = self.llama.lib
+        size = lib.llama_state_seq_get_size(self.ctx, src)
+        buf = (ctypes.c_uint8 * size)()
+        written = lib.llama_state_seq_get_data(self.ctx, buf, size, src) if size else 0
+        if not written or not lib.llama_state_seq_set_data(self.ctx, buf, written, dst):
+            lib.llama_memory_seq_rm(self.memory, dst, 0, -1)
+            return False
+        lib.llama_memory_seq_rm(self.memory, dst, n_tokens, -1)
+        return True
+
     # -- vocabulary ---------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         lib, data = self.llama.lib, text.encode("utf-8")

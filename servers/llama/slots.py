@@ -9,9 +9,9 @@ Prompt prefixes are read once. A slot keeps its tokens in the KV cache after its
 next request whose prompt starts the same way (a chat's earlier turns) goes to the slot with the
 longest common prefix and reads only the rest. And a request whose prompt shares at least
 ``MIN_SHARED_PREFIX`` tokens with another slot's (a system prompt common to many users, the same
-question asked by several clients at once) copies that slot's cache (``llama_memory_seq_cp``, a copy
-of the KV stream inside llama.cpp) instead of computing it again, waiting a step or two if the other
-slot is still reading those tokens.
+question asked by several clients at once) copies that slot's cache (the cells it uses, through
+llama.cpp's sequence state: ``GgufModel.copy_prefix``) instead of computing it again, waiting a step or
+two if the other slot is still reading those tokens.
 
 LoRA adapters (``servers.llama.lora``) apply to the whole context, so a step whose slots name different
 adapters (or some the base model) makes one ``llama_decode`` per adapter, each with its adapter set,
@@ -44,8 +44,8 @@ from servers.llama.lora import LoraSwitch
 logger = logging.getLogger(__name__)
 
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed
-# Shorter shared prefixes are read again: a cross-slot copy moves the whole KV stream (n_ctx cells), which
-# costs about what reading a few dozen tokens does on a small model.
+# Shorter shared prefixes are read again: the opening tokens of a chat template, which most prompts share,
+# are not worth a copy (and a wait while the other slot still reads them).
 MIN_SHARED_PREFIX = 32
 
 
@@ -201,11 +201,11 @@ class SlotScheduler(DecodingLoop):
             if donor.adapter != slot.adapter:  # the donor took a request on another adapter
                 slot.cached, slot.to_read = [], list(prompt)
             elif common_prefix(donor.cached, prompt) >= slot.shared:
-                memory = self._model.memory
-                self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)
-                self._lib.llama_memory_seq_rm(memory, slot.seq_id, slot.shared, -1)
-                slot.cached, slot.to_read = prompt[:slot.shared], prompt[slot.shared:]
-                self.shared_prompt_tokens += slot.shared
+                if self._model.copy_prefix(donor.seq_id, slot.seq_id, slot.shared):
+                    slot.cached, slot.to_read = prompt[:slot.shared], prompt[slot.shared:]
+                    self.shared_prompt_tokens += slot.shared
+                else:  # llama.cpp found no room for the cells: the slot reads its prompt itself
+                    slot.cached, slot.to_read = [], list(prompt)
             elif common_prefix(donor.cached + donor.to_read, prompt) < slot.shared:
                 slot.cached, slot.to_read = [], list(prompt)
             else:
