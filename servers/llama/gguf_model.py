@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from servers.llama.library import llama_library
-from servers.llama.resident import anonymous_ranges, new_ranges, release_zeroed_pages
+from servers.llama.resident import anonymous_ranges, release_cache_pages
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +68,16 @@ class GgufModel:
             ctx_params.embeddings = True
             if pooling_type is not None:  # else the file's own <arch>.pooling_type
                 ctx_params.pooling_type = pooling_type
-        before = anonymous_ranges() if cache_on_demand else []
-        self.ctx = lib.llama_init_from_model(self.model, ctx_params)
+        with self.llama.context_lock, self.llama.capture() as log_lines:
+            before = anonymous_ranges() if cache_on_demand else []
+            self.ctx = lib.llama_init_from_model(self.model, ctx_params)
+            # the zeroed KV cache's pages go back to the kernel and return as slots fill (servers.llama.resident)
+            self.released_bytes = release_cache_pages(before, log_lines) if cache_on_demand and self.ctx else 0
         if not self.ctx:
             lib.llama_model_free(self.model)
             self.model = None
             raise GgufLoadError(f"{path}: llama.cpp cannot make a context of {ctx_params.n_ctx} tokens: "
                                 f"{self._reason('not enough memory?')}")
-        # the zeroed KV cache's pages go back to the kernel and return as slots fill (servers.llama.resident)
-        self.released_bytes = release_zeroed_pages(new_ranges(before, anonymous_ranges())) if cache_on_demand else 0
         self.memory = lib.llama_get_memory(self.ctx)  # None for models without a KV cache (BERT encoders)
         self.n_parallel, self.n_batch = n_parallel, n_batch
         self._pieces: dict[int, bytes] = {}

@@ -9,10 +9,11 @@ to Python's logging at DEBUG and keeps the last error lines, so a failed load ca
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 logger = logging.getLogger("servers.llama.cpp")
 
@@ -30,6 +31,9 @@ class LlamaLibrary:
         self._lock = threading.Lock()
         self._errors: collections.deque[str] = collections.deque(maxlen=8)
         self._last_level = 0
+        self._captures: list[list[str]] = []
+        # one context made at a time in the process: what llama.cpp logs meanwhile is that context's
+        self.context_lock = threading.Lock()
         self._callback = llama_cpp.llama_log_callback(self._log)  # kept alive: llama.cpp holds the pointer
         llama_cpp.llama_log_set(self._callback, None)
         llama_cpp.llama_backend_init()
@@ -40,9 +44,23 @@ class LlamaLibrary:
         self._last_level = level
         if line:
             logger.debug("%s", line)
-            if level >= GGML_LOG_LEVEL_ERROR:
-                with self._lock:
+            with self._lock:
+                if level >= GGML_LOG_LEVEL_ERROR:
                     self._errors.append(line)
+                for lines in self._captures:
+                    lines.append(line)
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        """The lines llama.cpp logs inside the block (the buffer sizes of a context being made)."""
+        lines: list[str] = []
+        with self._lock:
+            self._captures.append(lines)
+        try:
+            yield lines
+        finally:
+            with self._lock:
+                self._captures.remove(lines)
 
     def take_errors(self) -> list[str]:
         """llama.cpp's error lines since the last call (why a load failed)."""

@@ -1,17 +1,21 @@
 """Hand back the pages of llama.cpp's freshly zeroed KV cache, so the cache becomes resident as it fills.
 
 llama.cpp allocates a context's whole KV cache when the context is made (``n_parallel`` x ``n_ctx``
-cells: 377 MiB for the demo's 16 slots of 1,024 tokens) and writes zeros over all of it, so the process
-holds every page from the start, whether its requests ever use 50 tokens of a slot or 1,000. The engine
-calls ``release_zeroed_pages`` right after making the context: in the memory mapped while the context
-was made, it finds the pages that hold nothing but zeros and gives them back (``madvise(MADV_DONTNEED)``).
-The kernel maps a fresh zero-filled page at the first touch of each, so what llama.cpp reads is the same
+cells: 360 MiB for the demo's 16 slots of 1,024 tokens) and writes zeros over all of it, so the process
+holds every page from the start, whether its requests ever use 50 tokens of a slot or 1,000. Right after
+making the context, ``release_cache_pages`` gives those zero pages back (``madvise(MADV_DONTNEED)``); the
+kernel maps a fresh zero-filled page at the first touch of each, so what llama.cpp reads is the same
 zeros, and the replica's resident memory grows with the tokens its slots hold instead.
 
-Only new regions of at least ``MIN_REGION_BYTES`` are looked at, page by page, and only pages that read
-all zeros are released. Nothing else writes to memory that llama.cpp mapped a moment ago on this thread,
-and no decoding runs yet, so no page can change between the check and the release. Linux only; elsewhere
-(no ``/proc/self/maps``) nothing is released and the cache stays resident from the start.
+Only llama.cpp's own new buffers are touched, and only their all-zero pages. Other engines of the replica
+may load, or serve, on other threads meanwhile, and a page of theirs released between its check and its
+release would lose what they wrote there. So the candidates are the runs of all-zero pages in the memory
+mapped while the context was made, and a run is released only when its length fits llama.cpp's buffers as
+its log reported them (at least the smallest KV buffer, at most all of that context's buffers together:
+neighbouring buffers of one allocation merge into one run); a region of another engine's would have to
+be zero over exactly such a length. Each run is checked and released 64 pages at a time, so a page is
+released microseconds after it was seen zero. Linux only; elsewhere (no ``/proc/self/maps``), or when the
+log names no KV buffer, nothing is released and the cache stays resident from the start.
 """
 
 from __future__ import annotations
@@ -19,14 +23,19 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
+import re
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 MAPS = Path("/proc/self/maps")
 PAGE = mmap.PAGESIZE
 MADV_DONTNEED = 4
-MIN_REGION_BYTES = 16 << 20  # a KV cache worth releasing; smaller new regions are left alone
+CHUNK_PAGES = 64
+SLACK_PAGES = 4  # the log rounds sizes to 0.01 MiB; an allocation's header shares its first page
+KV_BUFFER = re.compile(r"\bKV buffer size\s*=\s*([\d.]+) MiB")
+ANY_BUFFER = re.compile(r"\bbuffer size\s*=\s*([\d.]+) MiB")
 
 Range = tuple[int, int]  # [start, end) addresses
 
@@ -63,32 +72,57 @@ def new_ranges(before: list[Range], after: list[Range]) -> list[Range]:
     return out
 
 
-def release_zeroed_pages(regions: list[Range], min_bytes: int = MIN_REGION_BYTES) -> int:
-    """Release the all-zero pages of the regions of at least ``min_bytes``; returns the bytes released."""
-    import numpy as np
+def buffer_pages(log_lines: list[str]) -> tuple[int, int] | None:
+    """(pages of the smallest KV buffer, pages of every buffer) that llama.cpp logged while making a context."""
+    kv = [float(m.group(1)) for line in log_lines for m in KV_BUFFER.finditer(line)]
+    every = [float(m.group(1)) for line in log_lines for m in ANY_BUFFER.finditer(line)]
+    if not kv:
+        return None
+    to_pages = lambda mib: int(mib * 2**20) // PAGE  # noqa: E731
+    return to_pages(min(kv)), to_pages(sum(every))
 
+
+def release_cache_pages(before: list[Range], log_lines: list[str]) -> int:
+    """Release the zero runs of llama.cpp's new buffers (see the module's docstring); returns the bytes released."""
+    sizes = buffer_pages(log_lines)
+    if sizes is None:
+        logger.debug("llama.cpp logged no KV buffer size: the cache stays resident")
+        return 0
+    low, high = sizes[0] - SLACK_PAGES, sizes[1] + SLACK_PAGES
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     released = 0
-    for start, end in regions:
-        if end - start < min_bytes:
+    for start, end in new_ranges(before, anonymous_ranges()):
+        if (end - start) // PAGE < low:
             continue
-        pages = np.frombuffer((ctypes.c_char * (end - start)).from_address(start), dtype=np.uint64)
-        zero = np.flatnonzero(~pages.reshape(-1, PAGE // 8).any(axis=1))
-        for first, count in _runs(zero):
-            if libc.madvise(start + first * PAGE, count * PAGE, MADV_DONTNEED) != 0:
-                logger.debug("madvise failed (errno %d): the cache stays resident", ctypes.get_errno())
-                return released
-            released += count * PAGE
+        for first, count in zero_runs(start, end):
+            if low <= count <= high:
+                released += _release(libc, start + first * PAGE, count)
     return released
 
 
-def _runs(indices: object) -> list[tuple[int, int]]:
-    """Consecutive page numbers as (first, count)."""
-    runs: list[tuple[int, int]] = []
-    for i in indices.tolist():  # type: ignore[attr-defined]
-        if runs and runs[-1][0] + runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((i, 1))
-    return runs
+def zero_runs(start: int, end: int) -> list[tuple[int, int]]:
+    """Runs of all-zero pages in [start, end), as (first page, page count)."""
+    import numpy as np
+
+    pages = np.frombuffer((ctypes.c_char * (end - start)).from_address(start), dtype=np.uint64).reshape(-1, PAGE // 8)
+    zero = ~pages.any(axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], zero, [False])).astype(np.int8)))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _release(libc: Any, address: int, pages: int) -> int:
+    """Check and release ``pages`` pages from ``address``, a chunk at a time, stopping at the first non-zero one."""
+    import numpy as np
+
+    released = 0
+    for offset in range(0, pages, CHUNK_PAGES):
+        count = min(CHUNK_PAGES, pages - offset)
+        chunk = address + offset * PAGE
+        if np.frombuffer((ctypes.c_char * (count * PAGE)).from_address(chunk), dtype=np.uint64).any():
+            break  # written since the scan: not a buffer at rest, leave the rest alone
+        if libc.madvise(chunk, count * PAGE, MADV_DONTNEED) != 0:
+            logger.debug("madvise failed (errno %d): the cache stays resident", ctypes.get_errno())
+            break
+        released += count * PAGE
+    return released
