@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -21,7 +22,8 @@ class FixedCounts(ReplicaCounts):
         self.counts = counts
         self.ever_running = {name for name, c in counts.items() if c.running}
 
-    async def get(self) -> dict[str, Replicas]:
+    async def get(self, fresher_than: float | None = None) -> dict[str, Replicas]:
+        self.asked_fresh = fresher_than is not None
         return self.counts
 
     def cached(self) -> dict[str, Replicas]:
@@ -50,6 +52,42 @@ def test_scaled_to_zero_is_reported_without_calling_the_deployment() -> None:
     zero = entry("zero", autoscaling_config={"min_replicas": 0, "max_replicas": 1})
     [model] = asyncio.run(directory({"zero-d": Replicas(running=0, target=0)}, zero).describe_all())
     assert model["status"] == "scaled_to_zero" and model["replicas"] == {"running": 0, "target": 0, "starting": 0}
+
+
+def test_a_scale_to_zero_deployment_being_scaled_down_is_not_called_and_its_counts_are_fresh() -> None:
+    """Its last replica is stopping (target 0): a status call would queue for a replica and wake it again."""
+    zero = entry("zero", autoscaling_config={"min_replicas": 0, "max_replicas": 1})
+    d = directory({"zero-d": Replicas(running=1, target=0)}, zero)
+    assert asyncio.run(d.describe("zero"))["status"] == "scaled_to_zero"
+    assert d.replica_counts.asked_fresh  # not the counts cached a second ago, when it still had a target of 1
+
+
+class CountingController(ReplicaCounts):
+    """Counts whose every read from the controller is counted (and takes a moment)."""
+
+    def __init__(self) -> None:
+        super().__init__(app_name=None, ttl_s=60)
+        self.fetches = 0
+
+    async def _fetch(self) -> dict[str, Replicas]:
+        self.fetches += 1
+        await asyncio.sleep(0.01)
+        return {"d": Replicas(running=self.fetches, target=1)}
+
+
+def test_fresh_counts_are_read_again_within_the_ttl_and_shared_by_concurrent_callers() -> None:
+    async def scenario() -> None:
+        counts = CountingController()
+        await counts.get()
+        await counts.get()
+        assert counts.fetches == 1  # cached within the TTL
+        fresh = await counts.get(fresher_than=time.monotonic())
+        assert counts.fetches == 2 and fresh["d"].running == 2
+        now = time.monotonic()
+        await asyncio.gather(*(counts.get(fresher_than=now) for _ in range(10)))
+        assert counts.fetches == 3  # one read, started after they asked, answers them all
+
+    asyncio.run(scenario())
 
 
 def test_a_deployment_that_lost_all_replicas_is_503_but_scale_to_zero_is_woken() -> None:

@@ -153,7 +153,7 @@ class ModelDirectory:
     async def describe_all(self) -> list[dict[str, Any]]:
         """Static config merged with live status from every deployment, queried concurrently."""
         names = sorted(self.backends)
-        counts = await self._replica_counts()
+        counts = await self._replica_counts(names)
         results = await asyncio.gather(*(self._discover(name, counts.get(name)) for name in names))
         live: dict[str, dict[str, Any]] = {}
         for name, result in zip(names, results):
@@ -162,18 +162,24 @@ class ModelDirectory:
 
     async def describe(self, model_id: str) -> dict[str, Any]:
         entry = self.get(model_id)
-        counts = (await self._replica_counts()).get(entry.deployment)
+        counts = (await self._replica_counts([entry.deployment])).get(entry.deployment)
         live = await self._discover(entry.deployment, counts)
         return self._describe(entry, live.get(model_id), counts)
 
-    async def _replica_counts(self) -> dict[str, Replicas]:
-        return await self.replica_counts.get() if self.replica_counts is not None else {}
+    async def _replica_counts(self, deployments: list[str]) -> dict[str, Replicas]:
+        """The counts, read afresh when one of ``deployments`` may scale to zero (see ``_discover``)."""
+        if self.replica_counts is None:
+            return {}
+        fresh = any(d in self.scales_to_zero for d in deployments)
+        return await self.replica_counts.get(fresher_than=time.monotonic() if fresh else None)
 
     async def _discover(self, deployment: str, counts: Replicas | None = None) -> dict[str, dict[str, Any]]:
         """Ask one deployment for its models' status; time out or errors become a status.
 
-        A deployment scaled to zero is not asked: the call would wake it up."""
-        if counts is not None and counts.running == 0 and counts.target == 0:
+        A deployment scaled to zero, or being scaled to zero, is not asked: the call would wait in its
+        handle's queue for a replica, and a queued call is load that wakes it up again (a dashboard
+        polling /v1/models would keep it awake)."""
+        if counts is not None and counts.target == 0 and (counts.running == 0 or deployment in self.scales_to_zero):
             return self._fallback(deployment, "scaled_to_zero", None)
         try:
             info = await asyncio.wait_for(self.backends[deployment].get_config(), self.discovery_timeout_s)

@@ -39,12 +39,17 @@ class ReplicaCounts:
         self.ever_running: set[str] = set()
         self._refresh: asyncio.Task | None = None
 
-    async def get(self) -> dict[str, Replicas]:
-        """Counts per deployment name; empty when the controller cannot be asked (unknown)."""
+    async def get(self, fresher_than: float | None = None) -> dict[str, Replicas]:
+        """Counts per deployment name; empty when the controller cannot be asked (unknown).
+
+        ``fresher_than`` (a ``time.monotonic()``) asks for counts read after that moment, not cached ones:
+        whether a scale-to-zero deployment still has a replica must not be a second old."""
         async with self._lock:  # concurrent callers share one refresh
-            if time.monotonic() - self._fetched_at >= self.ttl_s:
+            stale = time.monotonic() - self._fetched_at >= self.ttl_s
+            if stale or (fresher_than is not None and self._fetched_at < fresher_than):
+                started = time.monotonic()  # what the controller answers is at least this recent
                 self._counts = await self._fetch()
-                self._fetched_at = time.monotonic()
+                self._fetched_at = started
                 self.ever_running.update(name for name, c in self._counts.items() if c.running)
             return self._counts
 
