@@ -54,3 +54,20 @@ class ChunkMerger:
         if self._calls:
             out["tool_calls"] = [self._calls[i] for i in sorted(self._calls)]
         return out
+
+
+def merge_text_runs(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One chunk for each run of consecutive plain text deltas (``text`` and nothing else set): a stream
+    whose batch holds several tokens sends the router, the front door and the client one event for them,
+    as vLLM's stream interval does. Chunks that carry more (finish, usage, logprobs, tool calls) are kept."""
+    out: list[dict[str, Any]] = []
+    for chunk in chunks:
+        if out and _plain_text(out[-1]) and _plain_text(chunk):
+            out[-1] = {**out[-1], "text": out[-1]["text"] + chunk["text"]}
+        else:
+            out.append(chunk)
+    return out
+
+
+def _plain_text(chunk: dict[str, Any]) -> bool:
+    return isinstance(chunk.get("text"), str) and all(v is None for k, v in chunk.items() if k != "text")

@@ -102,8 +102,9 @@ class PerformanceConfig(BasePydantic):
     http_host: str = Field(default="127.0.0.1", description="Interface of the listener; 0.0.0.0 to reach it from other machines.")
     stream_interval_s: float = Field(
         default=constants.STREAM_INTERVAL_S, ge=0, le=1,
-        description="Streams cross the router <-> model replica hop in batches at least this many seconds apart "
-        "(the first chunk at once): one Ray message per token costs CPU the model needs.",
+        description="Streams cross the router <-> model replica hop (Ray's handle or the local channel) in batches "
+        "at least this many seconds apart (the first chunk at once), a batch's text deltas merged into one: one "
+        "message and one SSE event per token cost CPU the model needs.",
     )
     local_channel: bool = Field(
         default=True,

@@ -64,3 +64,28 @@ def test_closing_the_stream_closes_the_engine_generator() -> None:
 
     asyncio.run(run())
     assert closed == [True]
+
+
+def test_a_batchs_text_deltas_merge_and_everything_else_stays_apart() -> None:
+    from common.chunks import ChunkMerger, merge_text_runs
+
+    batch = [
+        {"text": "The", "finish_reason": None}, {"text": " capital", "finish_reason": None},
+        {"text": " is", "logprobs": [{"token": " is"}]},  # carries more than text: its own event
+        {"text": " Paris"}, {"text": "."},
+        {"text": "", "finish_reason": "stop", "usage": {"completion_tokens": 6}},
+    ]
+    merged = merge_text_runs(batch)
+    assert merged == [
+        {"text": "The capital", "finish_reason": None}, {"text": " is", "logprobs": [{"token": " is"}]},
+        {"text": " Paris."}, {"text": "", "finish_reason": "stop", "usage": {"completion_tokens": 6}},
+    ]
+
+    def whole(chunks: list[dict]) -> dict:
+        merger = ChunkMerger()
+        for chunk in chunks:
+            merger.add(chunk)
+        return merger.result()
+
+    assert whole(merged) == whole(batch)  # the answer a client assembles is the same
+    assert merge_text_runs([{"audio": b"x"}, {"audio": b"y"}]) == [{"audio": b"x"}, {"audio": b"y"}]
