@@ -78,7 +78,9 @@ def test_seed_makes_sampling_reproducible(engine: Any) -> None:
     params = {"max_tokens": 10, "temperature": 1.0, "top_p": 0.9, "top_k": 50, "seed": 7, "raw_prompt": True,
               "frequency_penalty": 0.5, "presence_penalty": 0.5, "repetition_penalty": 1.2}
     first, second = run(engine, generate(engine, "hello", **params), generate(engine, "hello", **params))
-    assert first == second
+    # the same text and ending; how the tokens split into chunks depends on timing (token_events coalesces)
+    assert first[0] == second[0]
+    assert {k: v for k, v in first[1].items() if k != "text"} == {k: v for k, v in second[1].items() if k != "text"}
 
 
 def test_max_tokens_ends_with_length(engine: Any) -> None:
