@@ -75,6 +75,16 @@ def test_greedy_answer_with_usage(engine: Any) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+def test_greedy_argmax_equals_llama_cpp_sampler_chain(engine: Any) -> None:
+    """A plain greedy request takes the row's argmax (no sampler chain); a chain that can only pick the most
+    likely token (top_k 1, then a seeded draw) gives the same text for the same story."""
+    story = [{"role": "user", "content": "Write a short story about a cat."}]
+    greedy, chained = run(engine, answer(engine[0], story, temperature=0, max_tokens=40),
+                          answer(engine[0], story, temperature=0.8, top_k=1, seed=3, max_tokens=40))
+    assert greedy[0] and greedy[0] == chained[0]
+    assert greedy[1]["usage"]["completion_tokens"] == chained[1]["usage"]["completion_tokens"]
+
+
 def test_prompt_tokens_equal_transformers(engine: Any, smollm2_dir: Path) -> None:
     from transformers import AutoTokenizer
 

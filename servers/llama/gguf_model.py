@@ -105,6 +105,14 @@ class GgufModel:
         lib.llama_memory_seq_rm(self.memory, dst, n_tokens, -1)
         return True
 
+    def greedy_token(self, index: int) -> int:
+        """The most likely token of batch row ``index``'s logits (the first of equal maxima, as llama.cpp's
+        greedy sampler picks)."""
+        import numpy as np
+
+        logits = self.llama.lib.llama_get_logits_ith(self.ctx, index)
+        return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
+
     # -- vocabulary ---------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         lib, data = self.llama.lib, text.encode("utf-8")

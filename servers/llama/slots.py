@@ -21,8 +21,11 @@ cache is computed with its adapter: its prefix is reused, or copied to another s
 request on the same adapter.
 
 Sampling is llama.cpp's own sampler chain per request (a grammar for constrained output, penalties,
-top-k, top-p, temperature, a seeded distribution, or greedy), applied to the request's row of the
-step's logits.
+top-k, top-p, temperature, a seeded distribution), applied to the request's row of the step's logits. A
+plain greedy request (no grammar, no penalties) takes the row's argmax directly: the token llama.cpp's
+greedy sampler picks (the first of equal maxima), without the chain copying the whole vocabulary's logits
+into a candidate list for each token (53 µs against 7 µs per token for SmolLM2's 49,152 tokens: about 1%
+of a step, on the thread the decode waits for).
 
 Everything here runs on the engine's model thread; ``submit``/``cancel``/``stop`` are safe from others.
 """
@@ -70,7 +73,7 @@ class _Slot:
     job: LlamaJob | None = None
     to_read: list[int] = field(default_factory=list)  # prompt tokens not yet decoded
     next_token: int | None = None  # sampled, not yet in the cache
-    sampler: Any = None
+    sampler: Any = None  # the request's llama.cpp sampler chain; None for a plain greedy request (argmax)
     donor: "_Slot | None" = None  # the slot whose cache this one copies its prompt's first ``shared`` tokens from
     shared: int = 0
     adapter: str | None = None  # the LoRA adapter its cache was computed with
@@ -213,12 +216,16 @@ class SlotScheduler(DecodingLoop):
             slot.donor, slot.shared = None, 0
 
     def _sampler(self, p: LLMParams, grammar: str | None) -> Any:
+        """The request's sampler chain; None when it is plain greedy (``_sample`` takes the argmax)."""
+        penalties = p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0
+        if p.temperature == 0 and grammar is None and not penalties:
+            return None
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lambda s: lib.llama_sampler_chain_add(chain, s)  # noqa: E731
         if grammar is not None:  # first: what it forbids never reaches the other samplers
             add(lib.llama_sampler_init_grammar(self._model.vocab, grammar.encode(), b"root"))
-        if p.frequency_penalty or p.presence_penalty or p.repetition_penalty != 1.0:
+        if penalties:
             # over the generated tokens, as OpenAI defines frequency and presence penalties
             add(lib.llama_sampler_init_penalties(self._model.n_vocab, p.max_tokens, p.repetition_penalty,
                                                  p.frequency_penalty, p.presence_penalty))
@@ -284,8 +291,12 @@ class SlotScheduler(DecodingLoop):
             self._fail_step(outputs, reads, RuntimeError(f"llama_decode returned {status}"))
             return
         for slot, index in outputs:
-            token = self._lib.llama_sampler_sample(slot.sampler, self._model.ctx, index)
-            self._on_token(slot, int(token))
+            self._on_token(slot, self._sample(slot, index))
+
+    def _sample(self, slot: _Slot, index: int) -> int:
+        if slot.sampler is None:
+            return self._model.greedy_token(index)
+        return int(self._lib.llama_sampler_sample(slot.sampler, self._model.ctx, index))
 
     @staticmethod
     def _put(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
