@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("ray", "torch", "transformers", "litserve", "fastapi", "uvicorn")
+# the instruction sets CPU engines choose kernels by (llama.cpp's, PyTorch's bfloat16): two "AMD EPYC" machines
+# without and with them differ by a third in the gguf section
+MODEL_FIELD = "model\t"  # /proc/cpuinfo's "model", not "model name"
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def _proc_field(path: str, name: str) -> str | None:
@@ -34,6 +38,8 @@ def describe_machine() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": _proc_field("/proc/cpuinfo", "model name"),
+        "cpu_family_model": f"{_proc_field('/proc/cpuinfo', 'cpu family')}/{_proc_field('/proc/cpuinfo', MODEL_FIELD)}",
+        "cpu_features": [f for f in CPU_FEATURES if f in (_proc_field("/proc/cpuinfo", "flags") or "").split()],
         "ram_gib": round(int(mem_kib.split()[0]) / 2**20, 1) if mem_kib else None,
         "python": platform.python_version(),
         "platform": platform.platform(),

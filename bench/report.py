@@ -53,7 +53,10 @@ def fmt(value: float | None) -> str:
 
 def machine_line(machine: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
-    return (f"{machine.get('cpu_count')} CPUs ({machine.get('cpu_model')}), {machine.get('ram_gib')} GiB RAM, "
+    cpu = machine.get("cpu_model")
+    if machine.get("cpu_features") is not None:  # recorded since run 10 of the gguf section
+        cpu = f"{cpu}, family/model {machine.get('cpu_family_model')}, {' '.join(machine['cpu_features']) or 'no AVX2'}"
+    return (f"{machine.get('cpu_count')} CPUs ({cpu}), {machine.get('ram_gib')} GiB RAM, "
             f"Python {machine.get('python')}, {machine.get('platform')}; {versions}; load avg at start "
             f"{machine.get('loadavg_at_start')}; {machine.get('date')}")
 
