@@ -103,8 +103,8 @@ class PerformanceConfig(BasePydantic):
     stream_interval_s: float = Field(
         default=constants.STREAM_INTERVAL_S, ge=0, le=1,
         description="Streams cross the router <-> model replica hop (Ray's handle or the local channel) in batches "
-        "at least this many seconds apart (the first chunk at once), a batch's text deltas merged into one: one "
-        "message and one SSE event per token cost CPU the model needs.",
+        "at least this many seconds apart (the first chunk at once, and the last as soon as the stream ends), a "
+        "batch's text deltas merged into one: one message and one SSE event per token cost CPU the model needs.",
     )
     local_channel: bool = Field(
         default=True,

@@ -89,3 +89,16 @@ def test_a_batchs_text_deltas_merge_and_everything_else_stays_apart() -> None:
 
     assert whole(merged) == whole(batch)  # the answer a client assembles is the same
     assert merge_text_runs([{"audio": b"x"}, {"audio": b"y"}]) == [{"audio": b"x"}, {"audio": b"y"}]
+
+
+def test_the_last_batch_leaves_when_the_stream_ends_not_after_the_interval() -> None:
+    """An hour's interval: the rest of a finished stream still comes right after the first chunk (the guard
+    only turns a wait for the interval into a failure instead of a hang)."""
+    async def run() -> list[list[int]]:
+        return await asyncio.wait_for(_collect(coalesce(produce(3, delay_s=0.01), 3600)), timeout=60)
+
+    async def _collect(batches: AsyncIterator[list[int]]) -> list[list[int]]:
+        return [batch async for batch in batches]
+
+    batches = asyncio.run(run())
+    assert batches[0] == [0] and [c for b in batches for c in b] == [0, 1, 2]

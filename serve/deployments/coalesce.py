@@ -4,7 +4,8 @@ Each message across the hop costs the sender and the receiver CPU (serialization
 store entry, event-loop wake-ups) that on a small machine the model itself needs. The engine's
 chunks are pumped into a queue; each message carries every chunk that arrived since the last one,
 and messages are at least ``min_interval_s`` apart. The first chunk always leaves at once, so
-time to first token does not change.
+time to first token does not change, and so does the last batch once the engine's stream ends: a
+finished answer never waits out the interval.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _END = object()
 async def coalesce(chunks: AsyncIterator[T], min_interval_s: float) -> AsyncIterator[list[T]]:
     queue: asyncio.Queue[object] = asyncio.Queue()
     failure: list[BaseException] = []
+    finished = asyncio.Event()  # the engine's stream ended (or failed): its last batch goes at once
 
     async def pump() -> None:
         try:
@@ -29,6 +31,7 @@ async def coalesce(chunks: AsyncIterator[T], min_interval_s: float) -> AsyncIter
             failure.append(exc)
         finally:
             queue.put_nowait(_END)
+            finished.set()
 
     task = asyncio.create_task(pump())
     try:
@@ -40,12 +43,20 @@ async def coalesce(chunks: AsyncIterator[T], min_interval_s: float) -> AsyncIter
                 if failure:
                     raise failure[0]
                 return
-            if min_interval_s > 0:
-                await asyncio.sleep(min_interval_s)
+            if min_interval_s > 0 and not finished.is_set():
+                await _wait_at_most(finished, min_interval_s)
     finally:
         task.cancel()  # the consumer left: cancelling the pump closes the engine's generator
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _wait_at_most(event: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        pass
 
 
 def _drain(first: object, queue: asyncio.Queue[object]) -> tuple[list, bool]:
