@@ -152,7 +152,8 @@ class LlamaCppEngine(TextGenerationEngine):
     def stats(self) -> dict[str, Any]:
         if self._slots is None:
             return {}
-        return {**self._slots.stats(), **({"adapters_loaded": sorted(self._loras)} if self._loras else {})}
+        cache = {"context_resident_bytes": self.model.context_resident_bytes()} if self.model.released_ranges else {}
+        return {**self._slots.stats(), **cache, **({"adapters_loaded": sorted(self._loras)} if self._loras else {})}
 
 
 def gguf_path(source: str, cfg: LlamaCppEngineConfig) -> Path:

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from servers.llama.resident import PAGE, anonymous_ranges, buffer_pages, new_ranges, release_cache_pages, zero_runs
+from servers.llama.resident import (PAGE, anonymous_ranges, buffer_pages, new_ranges, release_cache_pages,
+                                    resident_bytes, zero_runs)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 
@@ -60,6 +61,11 @@ def test_only_a_zero_run_of_the_logged_buffer_size_is_released() -> None:
 
     released = release_cache_pages(before, LOG)
 
-    assert released == 300 * PAGE
+    start = cache.ctypes.data + PAGE
+    assert released == [(start, start + 300 * PAGE)]
+    assert resident_bytes(released) == 0
     assert cache[PAGE:-PAGE].sum() == 0 and not other[PAGE:-PAGE].any() and written.all()  # each reads the same after
     assert cache[0] == cache[-1] == 1
+    assert resident_bytes(released) == 0  # reading maps the kernel's shared zero page, nothing of its own
+    cache[PAGE: 11 * PAGE] = 7  # a slot writes ten pages
+    assert resident_bytes(released) == 10 * PAGE

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from servers.llama.library import llama_library
-from servers.llama.resident import anonymous_ranges, release_cache_pages
+from servers.llama.resident import anonymous_ranges, release_cache_pages, resident_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class GgufModel:
             before = anonymous_ranges() if cache_on_demand else []
             self.ctx = lib.llama_init_from_model(self.model, ctx_params)
             # the zeroed KV cache's pages go back to the kernel and return as slots fill (servers.llama.resident)
-            self.released_bytes = release_cache_pages(before, log_lines) if cache_on_demand and self.ctx else 0
+            self.released_ranges = release_cache_pages(before, log_lines) if cache_on_demand and self.ctx else []
         if not self.ctx:
             lib.llama_model_free(self.model)
             self.model = None
@@ -81,6 +81,17 @@ class GgufModel:
         self.memory = lib.llama_get_memory(self.ctx)  # None for models without a KV cache (BERT encoders)
         self.n_parallel, self.n_batch = n_parallel, n_batch
         self._pieces: dict[int, bytes] = {}
+
+    @property
+    def released_bytes(self) -> int:
+        """The bytes of the context's new buffers handed back at start: the KV cache and the other all-zero buffers
+        (0 where ``kv_cache_on_demand`` is off or not possible)."""
+        return sum(end - start for start, end in self.released_ranges)
+
+    def context_resident_bytes(self) -> int:
+        """How much of the released memory (the KV cache; llama.cpp's output and compute buffers, zero at start
+        too) is resident now (-1: the kernel will not say; ``servers.llama.resident.resident_bytes``)."""
+        return resident_bytes(self.released_ranges)
 
     def _reason(self, default: str) -> str:
         errors = self.llama.take_errors()
@@ -159,6 +170,7 @@ class GgufModel:
         if getattr(self, "ctx", None):
             lib.llama_free(self.ctx)
             self.ctx = None
+            self.released_ranges = []  # unmapped with the context
         if getattr(self, "model", None):
             lib.llama_model_free(self.model)
             self.model = None

@@ -16,6 +16,7 @@ neighbouring buffers of one allocation merge into one run); a region of another 
 be zero over exactly such a length. Each run is checked and released 64 pages at a time, so a page is
 released microseconds after it was seen zero. Linux only; elsewhere (no ``/proc/self/maps``), or when the
 log names no KV buffer, nothing is released and the cache stays resident from the start.
+``resident_bytes`` then tells how much of the released ranges the slots have made resident again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MAPS = Path("/proc/self/maps")
+PAGEMAP = Path("/proc/self/pagemap")
 PAGE = mmap.PAGESIZE
 MADV_DONTNEED = 4
 CHUNK_PAGES = 64
@@ -82,23 +84,51 @@ def buffer_pages(log_lines: list[str]) -> tuple[int, int] | None:
     return to_pages(min(kv)), to_pages(sum(every))
 
 
-def release_cache_pages(before: list[Range], log_lines: list[str]) -> int:
-    """Release the zero runs of llama.cpp's new buffers (see the module's docstring); returns the bytes released."""
+def release_cache_pages(before: list[Range], log_lines: list[str]) -> list[Range]:
+    """Release the zero runs of llama.cpp's new buffers (see the module's docstring); returns the ranges released."""
     sizes = buffer_pages(log_lines)
     if sizes is None:
         logger.debug("llama.cpp logged no KV buffer size: the cache stays resident")
-        return 0
+        return []
     low, high = sizes[0] - SLACK_PAGES, sizes[1] + SLACK_PAGES
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = 0
+    libc = _libc()
+    released = []
     for start, end in new_ranges(before, anonymous_ranges()):
         if (end - start) // PAGE < low:
             continue
         for first, count in zero_runs(start, end):
             if low <= count <= high:
-                released += _release(libc, start + first * PAGE, count)
+                address = start + first * PAGE
+                if pages := _release(libc, address, count):
+                    released.append((address, address + pages * PAGE))
     return released
+
+
+def resident_bytes(ranges: list[Range]) -> int:
+    """How many bytes of ``ranges`` (page-aligned) hold pages of their own now: the part of a released cache
+    that the slots have written since. Measured on the ranges themselves (``/proc/self/pagemap``), so what
+    the rest of the process allocates or frees meanwhile does not blur it. A page that was only read maps
+    the kernel's shared zero page, which costs no memory: a page counts when it is present and mapped by
+    this process alone (bits 63 and 56). ``-1`` where the kernel will not say."""
+    import numpy as np
+
+    total = 0
+    try:
+        with PAGEMAP.open("rb") as pagemap:
+            for start, end in ranges:
+                pagemap.seek(start // PAGE * 8)
+                entries = np.frombuffer(pagemap.read((end - start) // PAGE * 8), dtype=np.uint64)
+                own = (entries >> np.uint64(63)) & (entries >> np.uint64(56)) & np.uint64(1)
+                total += int(np.count_nonzero(own)) * PAGE
+    except OSError:
+        return -1
+    return total
+
+
+def _libc() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
 
 
 def zero_runs(start: int, end: int) -> list[tuple[int, int]]:
@@ -112,7 +142,8 @@ def zero_runs(start: int, end: int) -> list[tuple[int, int]]:
 
 
 def _release(libc: Any, address: int, pages: int) -> int:
-    """Check and release ``pages`` pages from ``address``, a chunk at a time, stopping at the first non-zero one."""
+    """Check and release ``pages`` pages from ``address``, a chunk at a time, stopping at the first non-zero one;
+    returns the pages released, all from ``address`` on."""
     import numpy as np
 
     released = 0
@@ -124,5 +155,5 @@ def _release(libc: Any, address: int, pages: int) -> int:
         if libc.madvise(chunk, count * PAGE, MADV_DONTNEED) != 0:
             logger.debug("madvise failed (errno %d): the cache stays resident", ctypes.get_errno())
             break
-        released += count * PAGE
+        released += count
     return released
