@@ -246,6 +246,36 @@ CITY = {"type": "object", "additionalProperties": False, "required": ["city", "c
                        "country": {"type": "string", "minLength": 1, "maxLength": 24}}}
 
 
+def allowed_next(model: Any, grammar: str, prefix: str, candidates: list[str]) -> dict[str, bool]:
+    """Whether llama.cpp's grammar sampler lets each candidate token follow ``prefix`` (a valid start)."""
+    import ctypes
+
+    lib = model.llama.lib
+    sampler = lib.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    try:
+        for token in model.tokenize(prefix, add_special=False):
+            lib.llama_sampler_accept(sampler, token)
+        tokens = {text: model.tokenize(text, add_special=False) for text in candidates}
+        assert all(len(ids) == 1 for ids in tokens.values()), tokens
+        data = (lib.llama_token_data * len(candidates))(*(lib.llama_token_data(ids[0], 0.0, 0.0) for ids in tokens.values()))
+        lib.llama_sampler_apply(sampler, ctypes.byref(lib.llama_token_data_array(data, len(candidates), -1, False)))
+        return {text: data[i].logit != float("-inf") for i, text in enumerate(candidates)}
+    finally:
+        lib.llama_sampler_free(sampler)
+
+
+def test_schema_strings_hold_no_raw_control_characters(engine: Any) -> None:
+    """JSON forbids a raw newline (or any U+0000-U+001F) inside a string: the grammar never lets the model
+    sample one there (the converter's Python port allowed them, and such an answer did not parse)."""
+    from servers.llama.grammar import schema_grammar
+
+    grammar = schema_grammar(engine[0].model, CITY, "response_format")
+    inside = allowed_next(engine[0].model, grammar, '{"city": "Par', ["\n", "\t", "is", '"'])
+    assert inside == {"\n": False, "\t": False, "is": True, '"': True}
+    between = allowed_next(engine[0].model, grammar, '{"city": "Paris",', ["\n", " "])
+    assert between == {"\n": False, " ": True}  # the converter's `space` is one optional blank
+
+
 def test_json_schema_answers_parse_and_validate(engine: Any) -> None:
     import jsonschema
 
