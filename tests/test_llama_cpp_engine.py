@@ -210,7 +210,7 @@ def resident_bytes() -> int:
 def test_the_kv_cache_is_resident_as_it_fills_and_answers_are_unchanged(engine: Any, smollm2_dir: Path) -> None:
     """llama.cpp zeroes the whole cache at start; the engine hands those pages back (kv_cache_on_demand), so
     the replica holds only what its slots use, and every answer is what the fully resident cache gives.
-    The released ranges' own pages are counted (mincore), not the process's RSS, which the rest of the
+    The released ranges' own pages are counted (/proc/self/pagemap), not the process's RSS, which the rest of the
     suite moves by tens of MiB."""
     kv_bytes = SLOTS * 512 * 30 * 2 * 192 * 2  # cells x SmolLM2's 30 layers x (K, V) x 192 values x f16
     assert engine[0].model.released_bytes >= kv_bytes

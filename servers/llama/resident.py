@@ -91,7 +91,8 @@ def release_cache_pages(before: list[Range], log_lines: list[str]) -> list[Range
         logger.debug("llama.cpp logged no KV buffer size: the cache stays resident")
         return []
     low, high = sizes[0] - SLACK_PAGES, sizes[1] + SLACK_PAGES
-    libc = _libc()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     released = []
     for start, end in new_ranges(before, anonymous_ranges()):
         if (end - start) // PAGE < low:
@@ -123,12 +124,6 @@ def resident_bytes(ranges: list[Range]) -> int:
     except OSError:
         return -1
     return total
-
-
-def _libc() -> Any:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc
 
 
 def zero_runs(start: int, end: int) -> list[tuple[int, int]]:
