@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm==0.33.0
 export RAY_worker_niceness ?= 0
-# llama-cpp-python (the LLAMA_CPP engine) builds llama.cpp from source on first install: the library only, for this CPU
-export CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+# llama-cpp-python (the LLAMA_CPP engine) builds llama.cpp from source on first install: the library only, for this CPU,
+# without llama.cpp's AMX kernels, which GCC builds crash with on 4th-gen and later Xeons (ggml-org/llama.cpp#26954;
+# docs/engines.md). The flag is left out where the compiler does not know it (not x86, or too old for AMX).
+NO_AMX := $(shell cc -mno-amx-int8 -x c -E /dev/null >/dev/null 2>&1 && echo "-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8")
+export CMAKE_ARGS ?= -DGGML_NATIVE=ON $(NO_AMX) -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # What `make run` runs in the foreground and `make run-bg` in the background, e.g.
 # make run SERVE_CMD="$(VENV)/bin/serve run other_config.yaml"

@@ -10,7 +10,16 @@ from common.base_pydantic import BasePydantic
 from configs.embedding_models import EmbeddingBatching
 
 
-class LlamaCppEngineConfig(BasePydantic):
+class LlamaKernels(BasePydantic):
+    """What an entry of either llama.cpp engine says of llama.cpp's CPU kernels (``servers.llama.gguf_model``)."""
+
+    amx: bool = Field(
+        default=False, description="Let llama.cpp use its AMX kernels (4th-generation or later Xeon) where the library "
+        "was built with them. Off: built by GCC they crash the process on the first multi-token batch "
+        "(ggml-org/llama.cpp#26954), so such a library loads without llama.cpp's extra weight buffers.")
+
+
+class LlamaCppEngineConfig(LlamaKernels):
     """How the GGUF file is found and how many sequences share one llama.cpp context.
 
     The context holds ``n_parallel`` sequences of ``n_ctx`` tokens each (llama.cpp's per-sequence
@@ -32,7 +41,7 @@ class LlamaCppEngineConfig(BasePydantic):
         "(llama.cpp zeroes all n_parallel x n_ctx cells up front; the engine hands those untouched pages back).")
 
 
-class LlamaCppEmbeddingEngineConfig(EmbeddingBatching):
+class LlamaCppEmbeddingEngineConfig(EmbeddingBatching, LlamaKernels):
     """``engine_kwargs`` of ``type: LLAMA_CPP_EMBEDDING``: a GGUF embedding model (BERT-style or causal) on llama.cpp.
 
     Inputs of concurrent requests share llama.cpp calls: up to ``max_batch_size`` inputs of at most

@@ -75,7 +75,7 @@ class LlamaCppEmbeddingEngine(EmbeddingModelEngine):
         path = gguf_path(resolve_model_source(self.config.model_loading_config.model_source), cfg)
         threads = cfg.num_threads or replica_cpus()
         self.model = GgufModel(path, n_ctx=cfg.n_ctx, n_parallel=cfg.max_batch_size, n_batch=cfg.n_batch,
-                               n_threads=threads, embeddings=True, pooling_type=pooling_type(cfg.pooling))
+                               n_threads=threads, embeddings=True, pooling_type=pooling_type(cfg.pooling), amx=cfg.amx)
         try:
             self.embedder = GgufEmbedder(self.model, cfg.max_batch_size, cfg.normalize)
             self.embedder.embed([self.model.tokenize("probe", True)])

@@ -79,7 +79,7 @@ class LlamaCppEngine(TextGenerationEngine):
         path = gguf_path(resolve_model_source(self.config.model_loading_config.model_source), cfg)
         threads = cfg.num_threads or replica_cpus()
         self.model = GgufModel(path, n_ctx=cfg.n_ctx, n_parallel=cfg.n_parallel, n_batch=cfg.n_batch, n_threads=threads,
-                               cache_on_demand=cfg.kv_cache_on_demand)
+                               cache_on_demand=cfg.kv_cache_on_demand, amx=cfg.amx)
         self.tokenizer = GgufTokenizer(self.model)
         self._loras = self._load_loras()
         self._slots = SlotScheduler(self.model, LoraSwitch(self.model, self._loras) if self._loras else None)

@@ -185,6 +185,30 @@ def test_files_it_cannot_serve_fail_at_start_naming_the_file(tmp_path: Path, smo
         assert str(path.name) in str(err.value) and words in str(err.value)
 
 
+def test_a_library_built_with_amx_loads_the_weights_without_extra_buffers(smollm2_dir: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp's AMX kernels, built by GCC, crash the process on the first batch of several tokens
+    (docs/engines.md#amx): a library built with them loads the weights without llama.cpp's extra buffer types,
+    unless the entry says ``amx: true``; a library without them keeps those buffers (weight repacking). Where
+    this machine's library has AMX, every other test of this file reading a prompt is the proof it holds."""
+    from servers.llama.gguf_model import GgufModel
+    from servers.llama.library import llama_library
+
+    library = llama_library()
+    real_load = library.lib.llama_model_load_from_file
+    asked: list[bool] = []
+
+    def load(path: bytes, params: Any) -> Any:
+        asked.append(params.use_extra_bufts)
+        return real_load(path, params)
+
+    monkeypatch.setattr(library.lib, "llama_model_load_from_file", load)
+    for has_amx, amx in ((True, False), (True, True), (False, False)):
+        monkeypatch.setattr(library, "has_amx", has_amx)
+        GgufModel(smollm2_dir / SMOLLM2_GGUF, n_ctx=64, n_parallel=1, n_batch=64, n_threads=1, amx=amx).close()
+    assert asked == [False, True, True]
+
+
 def test_a_prompt_prefix_is_copied_from_another_slot(engine: Any) -> None:
     """Clients asking at once with one long system prompt: the slot that holds the prefix (from the first
     answer) reads only the rest, the others copy the prefix from it (llama_memory_seq_cp) instead of reading

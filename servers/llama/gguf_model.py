@@ -39,10 +39,18 @@ def check_gguf_file(path: Path) -> None:
 
 
 class GgufModel:
-    """Weights and context of one GGUF model; every method runs on the engine's model thread."""
+    """Weights and context of one GGUF model; every method runs on the engine's model thread.
+
+    ``amx``: whether llama.cpp may put the weights in its AMX buffers, where the library was built with AMX
+    kernels (``-march=native`` on a 4th-generation or later Xeon). Built by GCC, those kernels load a tile
+    configuration the compiler left half-written (ggml-org/llama.cpp#26954), and the first batch of more than one
+    token kills the process with a general protection fault. So by default such a library loads the weights
+    without llama.cpp's extra buffer types (AMX, and the weight repacking that shares that switch); the
+    Makefile builds llama.cpp without AMX (``-mno-amx-int8``), which keeps the repacking."""
 
     def __init__(self, path: Path, *, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int,
-                 embeddings: bool = False, pooling_type: int | None = None, cache_on_demand: bool = False) -> None:
+                 embeddings: bool = False, pooling_type: int | None = None, cache_on_demand: bool = False,
+                 amx: bool = False) -> None:
         check_gguf_file(path)
         self.path = path
         self.llama = llama_library()
@@ -50,6 +58,10 @@ class GgufModel:
         self.llama.take_errors()
         model_params = lib.llama_model_default_params()
         model_params.n_gpu_layers = 0
+        if self.llama.has_amx and not amx:
+            model_params.use_extra_bufts = False
+            logger.info("%s: llama.cpp's AMX kernels are off (engine_kwargs.amx), and with them its weight repacking",
+                        path.name)
         self.model = lib.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise GgufLoadError(f"{path}: llama.cpp cannot load it: {self._reason('the file is truncated or damaged')}")

@@ -37,6 +37,8 @@ class LlamaLibrary:
         self._callback = llama_cpp.llama_log_callback(self._log)  # kept alive: llama.cpp holds the pointer
         llama_cpp.llama_log_set(self._callback, None)
         llama_cpp.llama_backend_init()
+        # built with AMX (-march=native on a 4th-gen or later Xeon): see GgufModel's ``amx``
+        self.has_amx = b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
     def _log(self, level: int, text: bytes, _user_data: Any) -> None:
         line = text.decode("utf-8", errors="replace").rstrip()
