@@ -16,6 +16,7 @@ from common.endpoints import CHAT_COMPLETIONS
 from common.errors import InvalidRequestError, NotFoundError
 from configs.server_models import MultiModelConfig
 from configs.structured_models import ConstrainedLLMParams
+from servers.chat_prompt import encode_prompt
 from servers.llama.gguf_model import GgufLoadError
 from servers.llama_cpp_engine import LlamaCppEngine
 from tests.conftest import SMOLLM2_GGUF
@@ -110,13 +111,26 @@ def test_base_and_adapters_together_answer_as_alone(engine: Any) -> None:
 
 
 def test_a_cached_prefix_is_reused_only_on_its_adapter(engine: Any) -> None:
-    """A slot's cache was computed through its adapter: the same prompt on another adapter reads it again."""
+    """A slot's cache was computed through its adapter: the same prompt on another adapter reads it again (only the
+    chat template's opening, which slots of earlier tests on that adapter hold, is reused), and on the same adapter
+    the whole prompt but its last token is reused.
+
+    Counted, not compared by answers: with an adapter, a prompt read whole and a reused prefix plus one token differ
+    in the last digits of the logits (llama.cpp multiplies the adapter's float32 matrices with other kernels for one
+    token than for many), and "one" has a near tie on PARIS (0.001 of a logit on one CPU), so its greedy answer
+    may differ between the two ways; without adapters both ways give the same logits (test_llama_cpp_engine)."""
     eng = engine[0]
-    first = run(engine, answer(eng, "one", max_tokens=4))[0]
-    reused = eng.stats()["reused_prompt_tokens"]
-    run(engine, answer(eng, None, max_tokens=4), answer(eng, "two", max_tokens=4), answer(eng, None, max_tokens=4))
-    assert run(engine, answer(eng, "one", max_tokens=4))[0] == first
-    assert eng.stats()["reused_prompt_tokens"] > reused
+    italy = [{"role": "user", "content": "Name the capital of Italy."}]  # a prompt no other test sends
+    n = len(encode_prompt(eng.tokenizer, italy, model_id="m", use_chat_template=True, raw_prompt=False))
+
+    def reused_by(adapter: str) -> int:
+        before = eng.stats()["reused_prompt_tokens"]
+        run(engine, answer(eng, adapter, italy, max_tokens=2))
+        return eng.stats()["reused_prompt_tokens"] - before
+
+    reused_by("one")
+    assert reused_by("two") < n - 1  # "one"'s cache of this prompt is of no use to "two"
+    assert reused_by("two") == n - 1
 
 
 def test_unknown_adapter_is_a_404_and_a_model_without_adapters_a_400(engine: Any, smollm2_dir: Path) -> None:
