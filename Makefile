@@ -6,10 +6,17 @@ TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm==0.33.0
 export RAY_worker_niceness ?= 0
 # llama-cpp-python (the LLAMA_CPP engine) builds llama.cpp from source on first install: the library only, for this CPU,
-# without llama.cpp's AMX kernels, which GCC builds crash with on 4th-gen and later Xeons (ggml-org/llama.cpp#26954;
-# docs/engines.md). The flag is left out where the compiler does not know it (not x86, or too old for AMX).
-NO_AMX := $(shell cc -mno-amx-int8 -x c -E /dev/null >/dev/null 2>&1 && echo "-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8")
-export CMAKE_ARGS ?= -DGGML_NATIVE=ON $(NO_AMX) -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+# without llama.cpp's AMX kernels, which GCC 12 miscompiles: on 4th-gen and later Xeons they crash the process
+# (ggml-org/llama.cpp#26954; docs/engines.md#amx). -mno-amx-int8 is left out where the compiler does not know it (not
+# x86, or too old for AMX). LLAMA_AMX=1 builds them instead, with -fno-dse -fno-tree-dse, which keep the tile
+# configuration's stores that GCC 12 drops; an entry then sets engine_kwargs.amx: true.
+LLAMA_AMX ?= 0
+ifeq ($(LLAMA_AMX),1)
+LLAMA_CPU_FLAGS := '-DCMAKE_C_FLAGS=-fno-dse -fno-tree-dse' '-DCMAKE_CXX_FLAGS=-fno-dse -fno-tree-dse'
+else
+LLAMA_CPU_FLAGS := $(shell cc -mno-amx-int8 -x c -E /dev/null >/dev/null 2>&1 && echo "-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8")
+endif
+export CMAKE_ARGS ?= -DGGML_NATIVE=ON $(LLAMA_CPU_FLAGS) -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # What `make run` runs in the foreground and `make run-bg` in the background, e.g.
 # make run SERVE_CMD="$(VENV)/bin/serve run other_config.yaml"

@@ -46,7 +46,8 @@ class GgufModel:
     configuration the compiler left half-written (ggml-org/llama.cpp#26954), and the first batch of more than one
     token kills the process with a general protection fault. So by default such a library loads the weights
     without llama.cpp's extra buffer types (AMX, and the weight repacking that shares that switch); the
-    Makefile builds llama.cpp without AMX (``-mno-amx-int8``), which keeps the repacking."""
+    Makefile builds llama.cpp without AMX (``-mno-amx-int8``), which keeps the repacking, or with AMX built right
+    (``LLAMA_AMX=1``), for entries that set ``amx: true`` (docs/engines.md#amx)."""
 
     def __init__(self, path: Path, *, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int,
                  embeddings: bool = False, pooling_type: int | None = None, cache_on_demand: bool = False,
