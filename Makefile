@@ -14,7 +14,7 @@ LLAMA_AMX ?= 0
 ifeq ($(LLAMA_AMX),1)
 LLAMA_CPU_FLAGS := '-DCMAKE_C_FLAGS=-fno-dse -fno-tree-dse' '-DCMAKE_CXX_FLAGS=-fno-dse -fno-tree-dse'
 else
-LLAMA_CPU_FLAGS := $(shell cc -mno-amx-int8 -x c -E /dev/null >/dev/null 2>&1 && echo "-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8")
+LLAMA_CPU_FLAGS := $(shell $(CC) -mno-amx-int8 -x c -E /dev/null >/dev/null 2>&1 && echo "-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8")
 endif
 export CMAKE_ARGS ?= -DGGML_NATIVE=ON $(LLAMA_CPU_FLAGS) -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
