@@ -37,6 +37,7 @@ class Platform:
     """One ``serve run`` of ``entries`` under ``profile``; use as a context manager."""
 
     uses_listener = True  # clients go to the router's own listener unless the profile asks for Ray's proxy
+    like_make_run = True  # through `python -m configs.ray_env`, as `make run` starts it
 
     def __init__(self, entries: list[dict[str, Any]], profile: Profile, *, engine_modules: list[str] | None = None,
                  router_config: dict[str, Any] | None = None, label: str = "platform", ready_timeout_s: float = 900,
@@ -82,6 +83,8 @@ class Platform:
         config_path.write_text(yaml.safe_dump(self.serve_config(), sort_keys=False))
         # --address local: a fresh cluster, even when ray_current_cluster points at someone else's
         cmd = [str(SERVE_CLI), "run", "--address", "local", str(config_path)]
+        if self.like_make_run:  # make run's launcher: Ray's settings, its control plane at idle priority
+            cmd = [sys.executable, "-m", "configs.ray_env", *cmd]
         if self.profile.head_flags is not None:  # a head with the profile's flags first, then `serve run` on it
             cmd = [sys.executable, "-m", "bench.ray_head", *self.profile.head_flags, "--", str(SERVE_CLI), "run", str(config_path)]
         began, self._started_at = time.monotonic(), time.time()
@@ -144,6 +147,7 @@ class RayFloor(Platform):
     """``serve run`` of ``bench.ray_floor_app`` (the baseline's handler as one Serve deployment) under ``profile``."""
 
     uses_listener = False  # a plain Serve app has only Ray's port
+    like_make_run = False  # a baseline: Ray Serve as its users start it
 
     def __init__(self, profile: Profile, *, label: str = "ray-floor") -> None:
         super().__init__([echo_entry()], profile, label=label)

@@ -11,13 +11,16 @@ ready, up to 0.4 s later.
 Ray reads these at start-up, in every process of the cluster, so they must be in the environment of the
 command that starts it: ``python -m configs.ray_env serve run model_config.yaml`` runs ``serve run`` with
 them (what ``make run`` does). A variable already set in the environment wins, so each can be overridden
-one by one (docs/configuration.md lists them).
+one by one (docs/configuration.md lists them). Before it runs the command, it forks the watcher that keeps
+Ray's control plane at idle CPU priority (``common/control_plane.py``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from common.control_plane import fork_watcher, priority_from_env
 
 RUN_ENV: dict[str, str] = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # Ray's default: 0.1
@@ -33,7 +36,9 @@ def run_environment(environ: dict[str, str]) -> dict[str, str]:
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit("usage: python -m configs.ray_env COMMAND [ARG ...]")
-    os.execvpe(argv[0], argv, run_environment(dict(os.environ)))
+    env = run_environment(dict(os.environ))
+    fork_watcher(priority_from_env(env))
+    os.execvpe(argv[0], argv, env)
 
 
 if __name__ == "__main__":
