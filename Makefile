@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 VLLM_SPEC ?= vllm==0.33.0
 export RAY_worker_niceness ?= 0
-# llama-cpp-python (the LLAMA_CPP engine) builds llama.cpp from source on first install: the library only, for this CPU,
-# without llama.cpp's AMX kernels, which GCC 12 miscompiles: on 4th-gen and later Xeons they crash the process
-# (ggml-org/llama.cpp#26954; docs/engines.md#amx). -mno-amx-int8 is left out where the compiler does not know it (not
-# x86, or too old for AMX). LLAMA_AMX=1 builds them instead, with -fno-dse -fno-tree-dse, which keep the tile
-# configuration's stores that GCC 12 drops; an entry then sets engine_kwargs.amx: true.
-LLAMA_AMX ?= 0
+# llama-cpp-python (the LLAMA_CPP engine) builds llama.cpp from source on first install: the library only, for this CPU.
+# On a CPU with AMX (4th-gen and later Xeons) its AMX kernels are built with -fno-dse -fno-tree-dse: GCC 12 otherwise
+# drops the stores that fill their tile configuration and the process dies on the first multi-token batch
+# (ggml-org/llama.cpp#26954; the engine probes the library before it uses them: docs/engines.md#amx). LLAMA_AMX=0 builds
+# without AMX kernels instead (-mno-amx-int8, left out where the compiler does not know it).
+LLAMA_AMX ?= $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo 1 || echo 0)
 ifeq ($(LLAMA_AMX),1)
 LLAMA_CPU_FLAGS := '-DCMAKE_C_FLAGS=-fno-dse -fno-tree-dse' '-DCMAKE_CXX_FLAGS=-fno-dse -fno-tree-dse'
 else

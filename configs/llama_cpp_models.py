@@ -13,11 +13,12 @@ from configs.embedding_models import EmbeddingBatching
 class LlamaKernels(BasePydantic):
     """What an entry of either llama.cpp engine says of llama.cpp's CPU kernels (``servers.llama.gguf_model``)."""
 
-    amx: bool = Field(
-        default=False, description="Let llama.cpp use its AMX kernels (4th-generation or later Xeon) where the library "
-        "was built with them (`make setup LLAMA_AMX=1`): about twice the decode rate there. Off: built by GCC 12 "
-        "without that target's flags they crash the process on the first multi-token batch (ggml-org/llama.cpp#26954), "
-        "so a library with AMX kernels loads without llama.cpp's extra weight buffers.")
+    amx: bool | None = Field(
+        default=None, description="llama.cpp's AMX kernels (4th-generation or later Xeon), where the library was built "
+        "with them: about twice the decode rate there. Unset: on where a probe in a child process shows they compute "
+        "right; built by GCC 12 without -fno-dse they crash the process on the first multi-token batch "
+        "(ggml-org/llama.cpp#26954), and the library then loads without llama.cpp's extra weight buffers. "
+        "true: on without the probe; false: off.")
 
 
 class LlamaCppEngineConfig(LlamaKernels):

@@ -185,12 +185,13 @@ def test_files_it_cannot_serve_fail_at_start_naming_the_file(tmp_path: Path, smo
         assert str(path.name) in str(err.value) and words in str(err.value)
 
 
-def test_a_library_built_with_amx_loads_the_weights_without_extra_buffers(smollm2_dir: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """llama.cpp's AMX kernels, built by GCC, crash the process on the first batch of several tokens
-    (docs/engines.md#amx): a library built with them loads the weights without llama.cpp's extra buffer types,
-    unless the entry says ``amx: true``; a library without them keeps those buffers (weight repacking). Where
-    this machine's library has AMX, every other test of this file reading a prompt is the proof it holds."""
+def test_a_library_with_amx_that_fails_the_probe_loads_the_weights_without_extra_buffers(smollm2_dir: Path,
+                                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp's AMX kernels, built by GCC 12 without -fno-dse, crash the process on the first batch of several
+    tokens (docs/engines.md#amx): a library built with them loads the weights without llama.cpp's extra buffer
+    types when the probe says they do not compute right, or when the entry says ``amx: false``; ``amx: true``
+    skips the probe; a library without them keeps those buffers (weight repacking). Where this machine's library
+    has AMX, every other test of this file reading a prompt is the proof it holds."""
     from servers.llama.gguf_model import GgufModel
     from servers.llama.library import llama_library
 
@@ -203,10 +204,26 @@ def test_a_library_built_with_amx_loads_the_weights_without_extra_buffers(smollm
         return real_load(path, params)
 
     monkeypatch.setattr(library.lib, "llama_model_load_from_file", load)
-    for has_amx, amx in ((True, False), (True, True), (False, False)):
+    cases = [(True, None, (False, "died")), (True, None, (True, "")), (True, False, (True, "")), (True, True, (False, "died")),
+             (False, None, (False, "no AMX buffer type in this library"))]
+    for has_amx, amx, probed in cases:
         monkeypatch.setattr(library, "has_amx", has_amx)
+        monkeypatch.setitem(library.__dict__, "amx_works", probed)  # the probe's answer, as cached_property keeps it
         GgufModel(smollm2_dir / SMOLLM2_GGUF, n_ctx=64, n_parallel=1, n_batch=64, n_threads=1, amx=amx).close()
-    assert asked == [False, True, True]
+    assert asked == [False, True, False, True, True]
+
+
+def test_the_amx_probe_answers_for_this_library() -> None:
+    """The probe's child multiplies a Q8_0 matrix in llama.cpp's AMX buffer and checks the product: a library
+    without AMX kernels says so; one with them computes right (the Makefile's build) or says why not."""
+    from servers.llama.amx_probe import amx_kernels_work
+    from servers.llama.library import llama_library
+
+    works, why = amx_kernels_work()
+    if llama_library().has_amx:
+        assert works or why
+    else:
+        assert (works, why) == (False, "no AMX buffer type in this library")
 
 
 def test_a_prompt_prefix_is_copied_from_another_slot(engine: Any) -> None:

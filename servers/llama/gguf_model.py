@@ -42,16 +42,16 @@ class GgufModel:
     """Weights and context of one GGUF model; every method runs on the engine's model thread.
 
     ``amx``: whether llama.cpp may put the weights in its AMX buffers, where the library was built with AMX
-    kernels (``-march=native`` on a 4th-generation or later Xeon). Built by GCC, those kernels load a tile
-    configuration the compiler left half-written (ggml-org/llama.cpp#26954), and the first batch of more than one
-    token kills the process with a general protection fault. So by default such a library loads the weights
-    without llama.cpp's extra buffer types (AMX, and the weight repacking that shares that switch); the
-    Makefile builds llama.cpp without AMX (``-mno-amx-int8``), which keeps the repacking, or with AMX built right
-    (``LLAMA_AMX=1``), for entries that set ``amx: true`` (docs/engines.md#amx)."""
+    kernels (``-march=native`` on a 4th-generation or later Xeon); None: where they compute right. Built by GCC 12,
+    those kernels load a tile configuration the compiler left half-written (ggml-org/llama.cpp#26954), and the
+    first batch of more than one token kills the process with a general protection fault; the Makefile builds
+    them with ``-fno-dse -fno-tree-dse``, which keep its stores. A library that fails the probe
+    (``LlamaLibrary.amx_works``) loads the weights without llama.cpp's extra buffer types (AMX, and the weight
+    repacking that shares that switch) (docs/engines.md#amx)."""
 
     def __init__(self, path: Path, *, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int,
                  embeddings: bool = False, pooling_type: int | None = None, cache_on_demand: bool = False,
-                 amx: bool = False) -> None:
+                 amx: bool | None = None) -> None:
         check_gguf_file(path)
         self.path = path
         self.llama = llama_library()
@@ -59,10 +59,8 @@ class GgufModel:
         self.llama.take_errors()
         model_params = lib.llama_model_default_params()
         model_params.n_gpu_layers = 0
-        if self.llama.has_amx and not amx:
+        if self.llama.has_amx and not self._amx_on(amx):
             model_params.use_extra_bufts = False
-            logger.info("%s: llama.cpp's AMX kernels are off (engine_kwargs.amx), and with them its weight repacking",
-                        path.name)
         self.model = lib.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise GgufLoadError(f"{path}: llama.cpp cannot load it: {self._reason('the file is truncated or damaged')}")
@@ -177,6 +175,22 @@ class GgufModel:
             buf = ctypes.create_string_buffer(n + 1)
             self.llama.lib.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
+
+    def _amx_on(self, amx: bool | None) -> bool:
+        """Whether the weights go to the AMX buffers of a library built with AMX: as the entry says, else as the
+        probe found (the console says which, and why not)."""
+        if amx is False:
+            logger.info("%s: llama.cpp's AMX kernels are off (engine_kwargs.amx), and with them its weight repacking",
+                        self.path.name)
+        if amx is not None:
+            return amx
+        works, why = self.llama.amx_works
+        if works:
+            logger.info("%s: llama.cpp's AMX kernels are on (a probe computed right with them)", self.path.name)
+        else:
+            logger.warning("%s: llama.cpp's AMX kernels are off, and with them its weight repacking: %s "
+                           "(docs/engines.md#amx)", self.path.name, why)
+        return works
 
     def close(self) -> None:
         lib = self.llama.lib

@@ -37,8 +37,16 @@ class LlamaLibrary:
         self._callback = llama_cpp.llama_log_callback(self._log)  # kept alive: llama.cpp holds the pointer
         llama_cpp.llama_log_set(self._callback, None)
         llama_cpp.llama_backend_init()
-        # built with AMX (-march=native on a 4th-gen or later Xeon): see GgufModel's ``amx``
+        # built with AMX (-march=native on a 4th-gen or later Xeon): see GgufModel's ``amx`` and ``amx_works``
         self.has_amx = b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+    @functools.cached_property
+    def amx_works(self) -> tuple[bool, str]:
+        """Whether llama.cpp's AMX kernels compute right in this library, and why not: asked once per process
+        of a child process (``servers.llama.amx_probe``), since a miscompiled library dies of it."""
+        from servers.llama.amx_probe import amx_kernels_work
+
+        return amx_kernels_work()
 
     def _log(self, level: int, text: bytes, _user_data: Any) -> None:
         line = text.decode("utf-8", errors="replace").rstrip()
