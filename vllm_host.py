@@ -26,6 +26,7 @@ from configs.loader import ConfigError, load_app_config
 from configs.server_models import AppArgs, LoadedConfig, MultiModelConfig, RouterConfig
 from serve.channel import channel_allowed
 from serve.deployments.multi_model_deployment import ChannelOptions, MultiModelDeployment
+from serve.deployments.stream_pacing import StreamPacing
 from serve.rollout import deployment_resources, plan_surge
 from serve.front_door.deployment import FrontDoor
 from serve.router.router import RouterIngress
@@ -184,7 +185,8 @@ def _bind_model_deployment(name: str, entries: list[MultiModelConfig], options: 
                if performance.local_channel and channel_allowed(options, _on_demand(entries)) else None)
     deployment = serve.deployment(MultiModelDeployment, name=name, **options)
     pool = loaded.pools[name].model_dump() if name in loaded.pools else None
-    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, performance.stream_interval_s, channel, pool,
+    pacing = StreamPacing(performance.stream_interval_s, performance.stream_interval_max_s, performance.stream_events_per_s)
+    init_args = ([e.model_dump() for e in entries], loaded.engine_modules, pacing, channel, pool,
                  performance.memory_trim_interval_s)
     return _versioned(deployment, *init_args).bind(*init_args)
 

@@ -40,6 +40,10 @@ MODEL_MAX_ONGOING_REQUESTS = 64
 # seconds apart (the first chunk goes at once): one Ray message per token costs CPU the model needs.
 # 50 ms is Ray Serve LLM's response batching interval too; 20 events a second still read as smooth text.
 STREAM_INTERVAL_S = 0.05
+# ...and longer as more streams run on a replica: together they aim at this many messages a second, each
+# waiting at most STREAM_INTERVAL_MAX_S (serve/deployments/stream_pacing.py).
+STREAM_EVENTS_PER_S = 40.0
+STREAM_INTERVAL_MAX_S = 0.2
 
 # Router replica resources: it only forwards requests, so it asks for a sliver of a CPU.
 ROUTER_NUM_CPUS = 0.1

@@ -18,6 +18,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "MODELHOST_HTTP_HOST": ("performance", "http_host"),
     "MODELHOST_HTTP_PORT": ("performance", "http_port"),
     "MODELHOST_STREAM_INTERVAL_S": ("performance", "stream_interval_s"),
+    "MODELHOST_STREAM_EVENTS_PER_S": ("performance", "stream_events_per_s"),
+    "MODELHOST_STREAM_INTERVAL_MAX_S": ("performance", "stream_interval_max_s"),
     "MODELHOST_LOCAL_CHANNEL": ("performance", "local_channel"),
     "MODELHOST_FRONT_DOOR": ("front_door", "enabled"),
     "MODELHOST_ROUTER_NUM_CPUS": ("num_cpus",),

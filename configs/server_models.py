@@ -106,6 +106,17 @@ class PerformanceConfig(BasePydantic):
         "at least this many seconds apart (the first chunk at once, and the last as soon as the stream ends), a "
         "batch's text deltas merged into one: one message and one SSE event per token cost CPU the model needs.",
     )
+    stream_events_per_s: float = Field(
+        default=constants.STREAM_EVENTS_PER_S, gt=0,
+        description="A model replica's streams together aim at about this many batches a second: with n streams "
+        "running, each waits n / stream_events_per_s between batches (at least stream_interval_s, at most "
+        "stream_interval_max_s), so more streams send fuller batches instead of more events.",
+    )
+    stream_interval_max_s: float = Field(
+        default=constants.STREAM_INTERVAL_MAX_S, ge=0, le=5,
+        description="The longest a stream waits between batches however many streams run (below stream_interval_s "
+        "it is stream_interval_s).",
+    )
     local_channel: bool = Field(
         default=True,
         description="The router calls model replicas on its own node over a Unix socket instead of a Ray handle call "

@@ -26,7 +26,7 @@ async def produce(n: int, delay_s: float = 0.0, fail_at: int | None = None, clos
 
 def batches_of(chunks: AsyncIterator[int], interval: float) -> list[list[int]]:
     async def run() -> list[list[int]]:
-        return [batch async for batch in coalesce(chunks, interval)]
+        return [batch async for batch in coalesce(chunks, lambda: interval)]
     return asyncio.run(run())
 
 
@@ -45,7 +45,7 @@ def test_an_engine_error_comes_after_the_chunks_before_it() -> None:
     seen: list[int] = []
 
     async def run() -> None:
-        async for batch in coalesce(produce(10, fail_at=4), 0):
+        async for batch in coalesce(produce(10, fail_at=4), lambda: 0):
             seen.extend(batch)
 
     with pytest.raises(ValueError, match="engine failed"):
@@ -57,7 +57,7 @@ def test_closing_the_stream_closes_the_engine_generator() -> None:
     closed: list[bool] = []
 
     async def run() -> None:
-        stream = coalesce(produce(1000, delay_s=0.01, closed=closed), 0)
+        stream = coalesce(produce(1000, delay_s=0.01, closed=closed), lambda: 0)
         await anext(stream)
         await stream.aclose()
         await asyncio.sleep(0)
@@ -95,10 +95,40 @@ def test_the_last_batch_leaves_when_the_stream_ends_not_after_the_interval() -> 
     """An hour's interval: the rest of a finished stream still comes right after the first chunk (the guard
     only turns a wait for the interval into a failure instead of a hang)."""
     async def run() -> list[list[int]]:
-        return await asyncio.wait_for(_collect(coalesce(produce(3, delay_s=0.01), 3600)), timeout=60)
+        return await asyncio.wait_for(_collect(coalesce(produce(3, delay_s=0.01), lambda: 3600)), timeout=60)
 
     async def _collect(batches: AsyncIterator[list[int]]) -> list[list[int]]:
         return [batch async for batch in batches]
 
     batches = asyncio.run(run())
     assert batches[0] == [0] and [c for b in batches for c in b] == [0, 1, 2]
+
+
+def test_the_interval_grows_with_the_running_streams_between_its_bounds() -> None:
+    from serve.deployments.stream_pacing import StreamPacer, StreamPacing
+
+    pacer = StreamPacer(StreamPacing(min_interval_s=0.05, max_interval_s=0.2, events_per_s=40))
+    seen = []
+    for _ in range(12):
+        seen.append(pacer.interval_s())
+        pacer.running += 1
+    assert seen[:3] == [0.05, 0.05, 0.05]  # 0, 1, 2 streams: the shortest interval
+    assert seen[4] == 0.1 and seen[8] == 0.2 and seen[11] == 0.2  # 4 streams: 4 / 40 s; 8 and more: the longest
+    with pacer.stream():
+        assert pacer.running == 13
+    assert pacer.running == 12
+
+
+def test_a_stream_asks_the_interval_after_each_batch() -> None:
+    asked: list[int] = []
+
+    def interval() -> float:
+        asked.append(1)
+        return 0.0
+
+    async def run() -> list[list[int]]:
+        return [batch async for batch in coalesce(produce(5, delay_s=0.01), interval)]
+
+    batches = asyncio.run(run())
+    assert [c for b in batches for c in b] == list(range(5))
+    assert len(asked) >= len(batches) - 1  # after every batch but the last

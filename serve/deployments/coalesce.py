@@ -3,7 +3,7 @@
 Each message across the hop costs the sender and the receiver CPU (serialization, an object
 store entry, event-loop wake-ups) that on a small machine the model itself needs. The engine's
 chunks are pumped into a queue; each message carries every chunk that arrived since the last one,
-and messages are at least ``min_interval_s`` apart. The first chunk always leaves at once, so
+and messages are at least ``interval_s()`` apart (``stream_pacing.py``). The first chunk always leaves at once, so
 time to first token does not change, and so does the last batch once the engine's stream ends: a
 finished answer never waits out the interval.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator, TypeVar
+from typing import AsyncIterator, Callable, TypeVar
 
 T = TypeVar("T")
 _END = object()
 
 
-async def coalesce(chunks: AsyncIterator[T], min_interval_s: float) -> AsyncIterator[list[T]]:
+async def coalesce(chunks: AsyncIterator[T], interval_s: Callable[[], float]) -> AsyncIterator[list[T]]:
+    """``interval_s()``: the wait after each batch, asked after each (it grows with the replica's streams)."""
     queue: asyncio.Queue[object] = asyncio.Queue()
     failure: list[BaseException] = []
     finished = asyncio.Event()  # the engine's stream ended (or failed): its last batch goes at once
@@ -43,8 +44,9 @@ async def coalesce(chunks: AsyncIterator[T], min_interval_s: float) -> AsyncIter
                 if failure:
                     raise failure[0]
                 return
-            if min_interval_s > 0 and not finished.is_set():
-                await _wait_at_most(finished, min_interval_s)
+            wait_s = interval_s()
+            if wait_s > 0 and not finished.is_set():
+                await _wait_at_most(finished, wait_s)
     finally:
         task.cancel()  # the consumer left: cancelling the pump closes the engine's generator
         with contextlib.suppress(asyncio.CancelledError):

@@ -19,6 +19,7 @@ from common.memory import MemoryTrimmer
 from serve.channel.paths import socket_dir, socket_path
 from serve.channel.server import ChannelServer
 from serve.deployments.coalesce import coalesce
+from serve.deployments.stream_pacing import StreamPacer, StreamPacing
 from serve.deployments.model_host import host_models, replica_info
 from serve.deployments.pool_events import ReplicaPoolEvents
 from servers.base_engine import Chunk
@@ -27,12 +28,12 @@ logger = logging.getLogger(__name__)
 
 
 class MultiModelDeployment:
-    async def __init__(self, llm_configs: list[dict[str, Any]], engine_modules: list[str], stream_interval_s: float,
+    async def __init__(self, llm_configs: list[dict[str, Any]], engine_modules: list[str], stream_pacing: StreamPacing,
                        channel: ChannelOptions | None = None, pool: dict[str, Any] | None = None,
                        memory_trim_interval_s: float = 0.0) -> None:
         on_demand = any(c.get("load") == "on_demand" for c in llm_configs)
         self._server = host_models(llm_configs, engine_modules, pool, ReplicaPoolEvents(report_to_router=on_demand))
-        self._stream_interval_s = stream_interval_s
+        self._pacer = StreamPacer(stream_pacing)
         self._channel_options = channel
         self._channel = await _start_channel(self.call, channel) if channel is not None else None
         self._trimmer = MemoryTrimmer(memory_trim_interval_s)
@@ -64,8 +65,9 @@ class MultiModelDeployment:
         """Every request's entry point, over Ray's handle and the local channel alike: lists of chunks, one
         message per list.
 
-        A stream sends each chunk batch as it is ready (at most one message per ``stream_interval_s``, the
-        first at once), its run of text deltas as one chunk: the router, the front door and the client then
+        A stream sends each chunk batch as it is ready (at most one message per interval, the first at once;
+        the interval grows with the replica's running streams: ``stream_pacing.py``), its run of text deltas as
+        one chunk: the router, the front door and the client then
         handle one event for it, CPU the model gets back on a small machine. A non-streamed call sends its
         chunks merged, in one message. A failure becomes a final ``{"error": ...}`` chunk, so the router can
         map it."""
@@ -73,9 +75,10 @@ class MultiModelDeployment:
         if not call.stream:
             yield [await _merged(chunks)]
             return
-        async with contextlib.aclosing(coalesce(chunks, self._stream_interval_s)) as batches:
-            async for batch in batches:
-                yield merge_text_runs(batch)
+        with self._pacer.stream():
+            async with contextlib.aclosing(coalesce(chunks, self._pacer.interval_s)) as batches:
+                async for batch in batches:
+                    yield merge_text_runs(batch)
 
     async def check_health(self) -> None:
         """Ray Serve's health check: a dead engine makes the replica unhealthy and replaced."""
