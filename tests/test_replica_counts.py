@@ -90,6 +90,45 @@ def test_fresh_counts_are_read_again_within_the_ttl_and_shared_by_concurrent_cal
     asyncio.run(scenario())
 
 
+class ScriptedController(ReplicaCounts):
+    """Counts read from a controller that answers ``self.answer``; every read is counted."""
+
+    def __init__(self, answer: Replicas) -> None:
+        super().__init__(app_name=None, ttl_s=1.0, steady_ttl_s=30.0)
+        self.answer, self.fetches = answer, 0
+
+    async def _fetch(self) -> dict[str, Replicas]:
+        self.fetches += 1
+        return {"d": self.answer}
+
+    async def read_on_the_request_path(self, seconds_later: float) -> None:
+        """A request ``seconds_later`` than the last read (the clock moved back by hand): the refresh it may start."""
+        self._fetched_at -= seconds_later
+        self.cached()
+        if self._refresh is not None:
+            await self._refresh
+
+
+def test_the_request_path_reads_steady_counts_rarely_and_short_ones_again_soon() -> None:
+    """Each read makes the controller build the app's whole details: under traffic, only when something changes."""
+    async def scenario() -> None:
+        counts = ScriptedController(Replicas(running=1, target=1, running_ids=("r1",)))
+        await counts.get()
+        await counts.read_on_the_request_path(5)
+        assert counts.fetches == 1 and counts.recent()["d"].running_ids == ("r1",)  # every deployment at its target
+        await counts.get()
+        assert counts.fetches == 2  # /v1/models never shows counts older than ttl_s
+        counts.answer = Replicas(running=0, target=1)
+        await counts.read_on_the_request_path(31)
+        assert counts.fetches == 3 and counts.path_ttl_s() == 1.0  # short of its target: read again soon
+        await counts.read_on_the_request_path(2)
+        assert counts.fetches == 4
+        counts._fetched_at -= 2
+        assert counts.recent() == {}  # old counts of a deployment short of replicas say nothing
+
+    asyncio.run(scenario())
+
+
 def test_a_deployment_that_lost_all_replicas_is_503_but_scale_to_zero_is_woken() -> None:
     lost, zero = entry("lost"), entry("zero", autoscaling_config={"min_replicas": 0, "max_replicas": 1})
     d = directory({"lost-d": Replicas(running=1, target=1), "zero-d": Replicas(running=1, target=1)}, lost, zero)
