@@ -83,10 +83,10 @@ def test_prompt_is_a_synonym_of_input(client: httpx.Client) -> None:
 
 
 def test_streaming_sends_events_as_chunks_come_then_done(client: httpx.Client) -> None:
-    """A chunk that comes alone is an event of its own (here 0.2 s apart, four times the 0.05 s stream
+    """A chunk that comes alone is an event of its own (here 0.4 s apart, four times the 0.1 s stream
     interval); chunks made within one interval reach the client as one event (architecture.md)."""
     wait_ready(client, "echo-solo")
-    body = {"model_id": "echo-solo", "input": "one two three", "params": {"delay_s": 0.2}, "stream": True}
+    body = {"model_id": "echo-solo", "input": "one two three", "params": {"delay_s": 0.4}, "stream": True}
     with client.stream("POST", "/v1/infer", json=body) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")

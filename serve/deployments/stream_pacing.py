@@ -1,8 +1,8 @@
 """How long a model replica's streams wait between batches: longer as more of them run at once.
 
 Each batch is one message across the hop and one SSE event through the router, the front door and the client,
-and on a small machine that CPU comes out of the model's. One stream at 0.05 s reads as smooth text and costs
-little; eight streams at 0.05 s send eight times the events while each gets an eighth of the tokens, so a
+and on a small machine that CPU comes out of the model's. One stream at 0.1 s reads as smooth text and costs
+little; eight streams at 0.1 s send eight times the events while each gets an eighth of the tokens, so a
 batch carries one or two. The replica's streams together therefore aim at ``events_per_s`` messages a second:
 with ``n`` streams running, each waits ``n / events_per_s`` between batches, never less than ``min_interval_s``
 nor more than ``max_interval_s``. The first chunk still leaves at once (time to first token is unchanged), and
