@@ -3,10 +3,13 @@
 Ray Serve's controller reconciles every 0.1 s, and every replica flushes its cached metrics every 0.1 s. On
 a 2-core machine serving a CPU model, the controller and the GCS requests it makes take about 48 ms of CPU a
 second of an idle app (2.4% of the machine; measured with one model, the router and the front door), and
-llama.cpp's threads, which wait for each other at every operation, lose about twice that. Reconciling twice
-a second takes about half (23 ms/s); metrics flushed once a second are still fresher than Prometheus
-scrapes them (every 10-15 s). The price: the controller notices a replica that died, or one that became
-ready, up to 0.4 s later.
+llama.cpp's threads, which wait for each other at every operation, lose about twice that. Reconciling every
+2 s takes a fraction of that, even at idle CPU priority (``common/control_plane.py``) the controller's steps
+still cost llama.cpp: one stream of a GGUF model made 3.6% more tokens/s with the controller reconciling
+every 2 s than every 0.5 s (30 alternated pairs against llama-server, docs/benchmarks.md). Metrics flushed
+once a second are still fresher than Prometheus scrapes them (every 10-15 s). The price: the controller
+notices a replica that died or became ready, and makes an autoscaling decision, up to 2 s later (1.9 s
+more than Ray's pace).
 
 Ray reads these at start-up, in every process of the cluster, so they must be in the environment of the
 command that starts it: ``python -m configs.ray_env serve run model_config.yaml`` runs ``serve run`` with
@@ -23,7 +26,7 @@ import sys
 from common.control_plane import fork_watcher, priority_from_env
 
 RUN_ENV: dict[str, str] = {
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # Ray's default: 0.1
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "2",  # Ray's default: 0.1
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",  # Ray's default: 100
 }
 
