@@ -13,6 +13,9 @@ the platform's float32 TRANSFORMERS figure (what the demo served before LLAMA_CP
 LLAMA_CPP and llama-server run side by side and are measured in alternation, each run with the other system's
 every process stopped (SIGSTOP), so both see the same moment of a noisy machine and neither pays for the
 other's idle CPU; each repeat's platform/llama-server ratio is kept (``paired_ratios``) to show the spread.
+One request at a time answered whole, and LLAMA_CPP's single stream against llama-server's whole answer
+(the one-stream goal), are alternated the same way for ``WHOLE_ROUNDS_PER_REPEAT`` times the repeats: a
+64-token answer takes half a second, and single runs that short move by a quarter on this machine.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ LATE_RUNNING = 8
 THREADS = 2
 SLOTS = 16  # parallel sequences for LLAMA_CPP and llama-server (a 9th stream must find a free slot)
 CTX_PER_SLOT = 1024
+WHOLE_ROUNDS_PER_REPEAT = 4  # rounds of the one-request comparisons per repeat (each run is short)
 LLAMA, HF_BF16, HF_FP32, PEER = "platform LLAMA_CPP", "platform TRANSFORMERS bf16", "platform TRANSFORMERS fp32", "llama-server"
 
 
@@ -86,16 +90,24 @@ def replica_rss_mib(root_pid: int) -> float | None:
     return round(max(sizes) / 2**20, 1) if sizes else None
 
 
-async def unstreamed_tok_s(client: Any, url: str, body: dict[str, Any], repeats: int) -> float:
-    """Completion tokens per second of one request at a time, answered whole (not streamed): the median."""
+async def answered_whole_tok_s(client: Any, url: str, body: dict[str, Any]) -> float:
+    """Completion tokens per second of one request answered whole (not streamed)."""
     check_loopback(url)
-    rates = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        async with client.post(url, json={**body, "stream": False}, headers={"Connection": "close"}) as response:
-            answer = await response.json()
-        rates.append(answer["usage"]["completion_tokens"] / (time.perf_counter() - began))
+    began = time.perf_counter()
+    async with client.post(url, json={**body, "stream": False}, headers={"Connection": "close"}) as response:
+        answer = await response.json()
+    return answer["usage"]["completion_tokens"] / (time.perf_counter() - began)
+
+
+async def unstreamed_tok_s(client: Any, url: str, body: dict[str, Any], repeats: int) -> float:
+    """Completion tokens per second of one request at a time, answered whole: the median of ``repeats``."""
+    rates = [await answered_whole_tok_s(client, url, body) for _ in range(repeats)]
     return round(statistics.median(rates), 2)
+
+
+async def stream_tok_s(open_stream: StreamOpener) -> float:
+    timing = await timed_stream(open_stream)
+    return timing.tokens / timing.seconds
 
 
 async def measure(open_stream: StreamOpener, settings: RunSettings) -> dict[str, Any]:
@@ -160,12 +172,13 @@ def start_llama_server(binary: str) -> tuple[Any, str]:
 
 
 async def alternating(systems: dict[str, tuple[StreamOpener, int]], measure_one: Any, repeats: int) -> dict[str, list[Any]]:
-    """``measure_one(opener)`` for each system ``repeats`` times, in rotated order, every other system paused."""
+    """``measure_one(opener)`` for each system ``repeats`` times, in rotated order, every other system's
+    processes paused (two measures of one server share its pid)."""
     runs: dict[str, list[Any]] = {name: [] for name in systems}
     names = list(systems)
     for i in range(repeats):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            others = [pid for other, (_, pid) in systems.items() if other != name]
+            others = {pid for _, pid in systems.values() if pid != systems[name][1]}
             with contextlib.ExitStack() as stack:
                 for pid in others:
                     stack.enter_context(paused(pid))
@@ -197,18 +210,24 @@ def measure_side_by_side(binary: str, settings: RunSettings) -> dict[str, dict[s
                         out["paired_ratios"][f"c{c}"] = [round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(runs[LLAMA], runs[PEER])]
                         logger.info("%d streams: %s %s, %s %s", c, LLAMA, out[LLAMA][f"c{c}"], PEER, out[PEER][f"c{c}"])
                     late = await alternating(systems, lambda o: late_joiner(o, LATE_RUNNING), settings.repeats)
-                    whole = {LLAMA: (url, p_body), PEER: (peer_url, peer_body)}
                     for name in (LLAMA, PEER):
                         out[name]["late"] = median_runs(late[name])
-                        target, body = whole[name]
-                        with paused(systems[PEER if name == LLAMA else LLAMA][1]):
-                            out[name]["unstreamed_tok_s"] = await unstreamed_tok_s(client, target, body, settings.repeats)
+                    one = await alternating({
+                        "stream": (lambda: stream_tok_s(systems[LLAMA][0]), p.proc.pid),
+                        LLAMA: (lambda: answered_whole_tok_s(client, url, p_body), p.proc.pid),
+                        PEER: (lambda: answered_whole_tok_s(client, peer_url, peer_body), server.pid),
+                    }, lambda measure_one: measure_one(), settings.repeats * WHOLE_ROUNDS_PER_REPEAT)
+                    for name in (LLAMA, PEER):
+                        out[name]["unstreamed_tok_s"] = round(statistics.median(one[name]), 2)
+                    out["paired_ratios"]["c1_stream_vs_whole"] = [round(a / b, 3) for a, b in zip(one["stream"], one[PEER])]
+                    out["paired_ratios"]["whole"] = [round(a / b, 3) for a, b in zip(one[LLAMA], one[PEER])]
                     return out
 
             out = asyncio.run(go())
             out[LLAMA]["rss_mib"] = replica_rss_mib(p.proc.pid)
             out[PEER]["rss_mib"] = round(psutil.Process(server.pid).memory_info().rss / 2**20, 1)
-            out[PEER]["version"] = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.strip()[-200:]
+            version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr
+            out[PEER]["version"] = " ".join(version.split())[-200:]  # one line: it goes into a table's note
         finally:
             stop_group(server)
     return out
@@ -249,7 +268,12 @@ def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
         "Order: fp32; LLAMA_CPP and llama-server side by side, measured in alternation, each run with the other's "
         "processes stopped; bf16. " + (
             f"{PEER}: {raw[PEER].get('version', '')}. {LLAMA} / {PEER} per alternated run (tokens/s): "
-            + "; ".join(f"{k[1:]} stream(s) {v}" for k, v in raw.get("paired_ratios", {}).items())
+            + "; ".join(f"{PAIR_LABELS.get(k, k)} {v} (median {statistics.median(v):.3f})"
+                        for k, v in raw.get("paired_ratios", {}).items() if v)
             if PEER in raw else f"{PEER} not run: no binary found (set MODELHOST_BENCH_LLAMA_SERVER)."),
     ]
     return table
+
+
+PAIR_LABELS = {**{f"c{c}": f"{c} stream(s)" for c in CONCURRENCY}, "whole": "1 request answered whole",
+               "c1_stream_vs_whole": "its 1 stream against the other's answer whole (the one-stream goal)"}
