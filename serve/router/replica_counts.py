@@ -8,9 +8,9 @@ The request path reads the cached counts (``cached``, ``recent``) and refreshes 
 while every deployment has its target of replicas running it does so only every ``steady_ttl_s``. Each
 call makes the controller build the whole app's details and read its config from the GCS: refreshed every
 1.5 s under traffic, that took the controller about 84 ms of CPU a second on a 2-core machine serving one
-model, as much as a tenth of what the model's own threads lost to the rest of Ray. Counts showing a
-deployment short of its target (a replica starting, lost, replaced) are read again after ``ttl_s``, and
-``/v1/models`` (``get``) never reads counts older than ``ttl_s``.
+model. Counts showing a deployment short of its target (a replica starting, lost, replaced) are read again
+after ``ttl_s``, and ``/v1/models`` (``get``) never reads counts older than ``ttl_s``. Until a steady
+read is refreshed, a call to a replica that died meanwhile finds no channel and goes through Ray's handle.
 """
 
 from __future__ import annotations
