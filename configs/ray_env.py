@@ -4,7 +4,7 @@ Ray Serve's controller reconciles every 0.1 s, and every replica flushes its cac
 a 2-core machine serving a CPU model, the controller and the GCS requests it makes take about 48 ms of CPU a
 second of an idle app (2.4% of the machine; measured with one model, the router and the front door), and
 llama.cpp's threads, which wait for each other at every operation, lose about twice that. Reconciling every
-2 s takes a fraction of that, even at idle CPU priority (``common/control_plane.py``) the controller's steps
+2 s takes a fraction of that. Even at idle CPU priority (``common/control_plane.py``) the controller's steps
 still cost llama.cpp: one stream of a GGUF model made 3.6% more tokens/s with the controller reconciling
 every 2 s than every 0.5 s (30 alternated pairs against llama-server, docs/benchmarks.md). Metrics flushed
 once a second are still fresher than Prometheus scrapes them (every 10-15 s). The price: the controller
