@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,19 @@ def run_section(name: str, settings: RunSettings, out_dir: Path) -> dict[str, An
     return result
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (from ``timeout``, a CI runner, ``kill``) ends the run as Ctrl-C does: by an exception, so that
+    each server's ``with`` block stops what it started. Without it, Python dies at once and the Ray cluster a
+    section started stays up, taking CPU from every later run on the machine."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["soak"]:  # not a section: no baselines, no ratios; its own report (bench/soak/)
