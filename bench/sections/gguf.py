@@ -13,6 +13,8 @@ the platform's float32 TRANSFORMERS figure (what the demo served before LLAMA_CP
 LLAMA_CPP and llama-server run side by side and are measured in alternation, each run with the other system's
 every process stopped (SIGSTOP), so both see the same moment of a noisy machine and neither pays for the
 other's idle CPU; each repeat's platform/llama-server ratio is kept (``paired_ratios``) to show the spread.
+They are started twice, once in each order, for half the repeats each (``paired_ratios_by_start``): the
+server started second has run faster on this machine, whichever it was.
 One request at a time answered whole, and LLAMA_CPP's single stream against llama-server's whole answer
 (the one-stream goal), are alternated the same way for ``WHOLE_ROUNDS_PER_REPEAT`` times the repeats: a
 64-token answer takes half a second, and single runs that short move by a quarter on this machine.
@@ -187,50 +189,93 @@ async def alternating(systems: dict[str, tuple[StreamOpener, int]], measure_one:
 
 
 def measure_side_by_side(binary: str, settings: RunSettings) -> dict[str, dict[str, Any]]:
-    """Platform LLAMA_CPP and llama-server up together, measured in alternation (see the module's docstring)."""
+    """Platform LLAMA_CPP and llama-server up together, measured in alternation (see the module's docstring),
+    in both start orders, half the repeats each (rounded up), pooled.
+
+    Why both: on this machine the server started second ran about a tenth faster than the one started first,
+    whichever it was (one stream: llama-server 151 tokens/s started after the platform, 121 before it; the
+    platform 127 started after llama-server, 125 before; docs/benchmarks.md). One fixed order hands that
+    tenth to one side."""
+    repeats = -(-settings.repeats // 2)
+    halves = {first: side_by_side_runs(binary, settings, first, repeats) for first in (LLAMA, PEER)}
+    out: dict[str, Any] = {LLAMA: {}, PEER: {}, "paired_ratios": {}, "paired_ratios_by_start": {}}
+    keys = [f"c{c}" for c in CONCURRENCY] + ["late"]
+    for name in (LLAMA, PEER):
+        for key in keys:
+            out[name][key] = median_runs([run for half in halves.values() for run in half[key][name]])
+        out[name]["unstreamed_tok_s"] = round(statistics.median(
+            [rate for half in halves.values() for rate in half["one"][name]]), 2)
+        out[name]["rss_mib"] = max(half["rss_mib"][name] for half in halves.values())
+    for first, half in halves.items():
+        pairs = paired_ratios(half)
+        out["paired_ratios_by_start"][f"{first} first"] = {k: round(statistics.median(v), 3) for k, v in pairs.items()}
+        for k, v in pairs.items():
+            out["paired_ratios"].setdefault(k, []).extend(v)
+    out[PEER]["version"] = halves[PEER]["version"]
+    return out
+
+
+def paired_ratios(half: dict[str, Any]) -> dict[str, list[float]]:
+    """Each alternated pair's LLAMA_CPP / llama-server ratio, by measure."""
+    pairs = {f"c{c}": [round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(half[f"c{c}"][LLAMA], half[f"c{c}"][PEER])]
+             for c in CONCURRENCY}
+    one = half["one"]
+    pairs["c1_stream_vs_whole"] = [round(a / b, 3) for a, b in zip(one["stream"], one[PEER])]
+    pairs["whole"] = [round(a / b, 3) for a, b in zip(one[LLAMA], one[PEER])]
+    return pairs
+
+
+@contextlib.contextmanager
+def both_servers(binary: str, settings: RunSettings, first: str) -> Any:
+    """The platform (LLAMA_CPP) and llama-server up, ``first`` started first; (platform, server, its URL)."""
+    with contextlib.ExitStack() as stack:
+        def peer() -> tuple[Any, str]:
+            server, url = start_llama_server(binary)
+            stack.callback(stop_group, server)
+            return server, url
+
+        if first == PEER:
+            server, peer_url = peer()
+        p = stack.enter_context(Platform([gguf_entry("LLAMA_CPP")], settings.profile, router_config=demo_router_config(),
+                                         label="gguf-LLAMA_CPP"))
+        if first != PEER:
+            server, peer_url = peer()
+        yield p, server, peer_url
+
+
+def side_by_side_runs(binary: str, settings: RunSettings, first: str, repeats: int) -> dict[str, Any]:
+    """Every alternated run of both servers, ``first`` started first: by measure, then by system."""
     import psutil
 
     p_body = {"model_id": LLM_ID, "input": PROMPT, "params": params(settings)}
     peer_body = {"model": LLM_ID, "messages": [{"role": "user", "content": PROMPT}], **params(settings)}
-    with Platform([gguf_entry("LLAMA_CPP")], settings.profile, router_config=demo_router_config(), label="gguf-LLAMA_CPP") as p:
-        server, peer_url = start_llama_server(binary)
-        try:
-            async def go() -> dict[str, dict[str, Any]]:
-                async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
-                    url = f"{p.base_url}/v1/infer"
-                    systems = {LLAMA: (lambda: sse_chunks(client, url, p_body), p.proc.pid),
-                               PEER: (lambda: openai_chunks(client, peer_url, peer_body), server.pid)}
-                    for opener, _ in systems.values():
-                        await timed_stream(opener)  # warm-up
-                    out: dict[str, dict[str, Any]] = {LLAMA: {}, PEER: {}, "paired_ratios": {}}
-                    for c in CONCURRENCY:
-                        runs = await alternating(systems, lambda o, c=c: concurrent_streams(o, c), settings.repeats)
-                        for name in (LLAMA, PEER):
-                            out[name][f"c{c}"] = median_runs(runs[name])
-                        out["paired_ratios"][f"c{c}"] = [round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(runs[LLAMA], runs[PEER])]
-                        logger.info("%d streams: %s %s, %s %s", c, LLAMA, out[LLAMA][f"c{c}"], PEER, out[PEER][f"c{c}"])
-                    late = await alternating(systems, lambda o: late_joiner(o, LATE_RUNNING), settings.repeats)
-                    for name in (LLAMA, PEER):
-                        out[name]["late"] = median_runs(late[name])
-                    one = await alternating({
-                        "stream": (lambda: stream_tok_s(systems[LLAMA][0]), p.proc.pid),
-                        LLAMA: (lambda: answered_whole_tok_s(client, url, p_body), p.proc.pid),
-                        PEER: (lambda: answered_whole_tok_s(client, peer_url, peer_body), server.pid),
-                    }, lambda measure_one: measure_one(), settings.repeats * WHOLE_ROUNDS_PER_REPEAT)
-                    for name in (LLAMA, PEER):
-                        out[name]["unstreamed_tok_s"] = round(statistics.median(one[name]), 2)
-                    out["paired_ratios"]["c1_stream_vs_whole"] = [round(a / b, 3) for a, b in zip(one["stream"], one[PEER])]
-                    out["paired_ratios"]["whole"] = [round(a / b, 3) for a, b in zip(one[LLAMA], one[PEER])]
-                    return out
+    with both_servers(binary, settings, first) as (p, server, peer_url):
+        async def go() -> dict[str, Any]:
+            async with session(max(CONCURRENCY) + 1, timeout_s=3600) as client:
+                url = f"{p.base_url}/v1/infer"
+                systems = {LLAMA: (lambda: sse_chunks(client, url, p_body), p.proc.pid),
+                           PEER: (lambda: openai_chunks(client, peer_url, peer_body), server.pid)}
+                for opener, _ in systems.values():
+                    await timed_stream(opener)  # warm-up
+                runs: dict[str, Any] = {}
+                for c in CONCURRENCY:
+                    runs[f"c{c}"] = await alternating(systems, lambda o, c=c: concurrent_streams(o, c), repeats)
+                    logger.info("%d streams, %s first: %s %s, %s %s", c, first, LLAMA, median_runs(runs[f"c{c}"][LLAMA]),
+                                PEER, median_runs(runs[f"c{c}"][PEER]))
+                runs["late"] = await alternating(systems, lambda o: late_joiner(o, LATE_RUNNING), repeats)
+                runs["one"] = await alternating({
+                    "stream": (lambda: stream_tok_s(systems[LLAMA][0]), p.proc.pid),
+                    LLAMA: (lambda: answered_whole_tok_s(client, url, p_body), p.proc.pid),
+                    PEER: (lambda: answered_whole_tok_s(client, peer_url, peer_body), server.pid),
+                }, lambda measure_one: measure_one(), repeats * WHOLE_ROUNDS_PER_REPEAT)
+                return runs
 
-            out = asyncio.run(go())
-            out[LLAMA]["rss_mib"] = replica_rss_mib(p.proc.pid)
-            out[PEER]["rss_mib"] = round(psutil.Process(server.pid).memory_info().rss / 2**20, 1)
-            version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr
-            out[PEER]["version"] = " ".join(version.split())[-200:]  # one line: it goes into a table's note
-        finally:
-            stop_group(server)
-    return out
+        runs = asyncio.run(go())
+        runs["rss_mib"] = {LLAMA: replica_rss_mib(p.proc.pid),
+                           PEER: round(psutil.Process(server.pid).memory_info().rss / 2**20, 1)}
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr
+        runs["version"] = " ".join(version.split())[-200:]  # one line: it goes into a table's note
+    return runs
 
 
 def run(settings: RunSettings) -> SectionOutput:
@@ -266,7 +311,11 @@ def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
         f"{LLAMA} and {PEER}: {SLOTS} parallel sequences of {CTX_PER_SLOT} tokens; TRANSFORMERS: max_batch_size {SLOTS}. "
         f"With 32 streams, {32 - SLOTS} wait for a free slot.",
         "Order: fp32; LLAMA_CPP and llama-server side by side, measured in alternation, each run with the other's "
-        "processes stopped; bf16. " + (
+        "processes stopped, twice: the platform started first, then llama-server first, half the repeats each; "
+        "bf16. " + (
+            "Pair medians by start order: " + "; ".join(
+                f"{first}: " + ", ".join(f"{k} {v}" for k, v in medians.items())
+                for first, medians in raw.get("paired_ratios_by_start", {}).items()) + ". " +
             f"{PEER}: {raw[PEER].get('version', '')}. {LLAMA} / {PEER} per alternated run (tokens/s): "
             + "; ".join(f"{PAIR_LABELS.get(k, k)} {v} (median {statistics.median(v):.3f})"
                         for k, v in raw.get("paired_ratios", {}).items() if v)
