@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -192,3 +194,38 @@ def test_a_busy_replica_keeps_its_last_known_status_with_its_age() -> None:
     first, second = asyncio.run(twice())
     assert first["status"] == "ready" and "status_age_s" not in first
     assert second["status"] == "ready" and second["status_age_s"] >= 0  # not "loading" because it was slow once
+
+
+class FlakyController(ReplicaCounts):
+    """The controller's answers in turn: an exception (a timeout) or Serve's instance details."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        super().__init__("default", ttl_s=0.0)
+        self.answers = answers
+
+    def _controller_handle(self) -> Any:
+        answer = self.answers.pop(0)
+
+        async def reply() -> dict[str, Any]:
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        return SimpleNamespace(get_serve_instance_details=SimpleNamespace(remote=reply))
+
+
+def test_a_controller_that_keeps_failing_is_reported_once_and_its_return_once(caplog: pytest.LogCaptureFixture) -> None:
+    details = {"applications": {"default": {"deployments": {"llm": {"target_num_replicas": 1, "replicas": [
+        {"replica_id": "r1", "state": "RUNNING"}]}}}}}
+    counts = FlakyController([TimeoutError(), TimeoutError(), TimeoutError(), details, TimeoutError()])
+
+    async def scenario() -> list[dict[str, Replicas]]:
+        return [await counts.get() for _ in range(5)]
+
+    with caplog.at_level(logging.INFO, logger="serve.router.replica_counts"):
+        answers = asyncio.run(scenario())
+    assert [bool(a) for a in answers] == [False, False, False, True, False]
+    assert answers[3]["llm"].running_ids == ("r1",)
+    said = [(r.levelname, r.getMessage().split(" (")[0]) for r in caplog.records]
+    assert said == [("WARNING", "replica counts unavailable"), ("INFO", "replica counts available again"),
+                    ("WARNING", "replica counts unavailable")]

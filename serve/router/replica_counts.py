@@ -47,6 +47,7 @@ class ReplicaCounts:
         self._controller: Any = None
         self.ever_running: set[str] = set()
         self._refresh: asyncio.Task | None = None
+        self._unavailable = False  # the last read failed: said once, not on every retry
 
     async def get(self, fresher_than: float | None = None) -> dict[str, Replicas]:
         """Counts per deployment name; empty when the controller cannot be asked (unknown).
@@ -93,11 +94,22 @@ class ReplicaCounts:
         try:
             details = await asyncio.wait_for(self._controller_handle().get_serve_instance_details.remote(), self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - counts are best effort; the router keeps serving
-            logger.warning("replica counts unavailable: %s: %s", type(exc).__name__, exc)
+            self._say_unavailable(exc)
             self._controller = None
             return {}
+        if self._unavailable:
+            self._unavailable = False
+            logger.info("replica counts available again")
         deployments = (details.get("applications", {}).get(self.app_name) or {}).get("deployments", {})
         return {name: _count(d) for name, d in deployments.items()}
+
+    def _say_unavailable(self, exc: BaseException) -> None:
+        """A warning for the first failed read, debug for each retry: a controller slowed by a busy machine
+        fails every read for a while, and the console must not get a line per retry."""
+        log = logger.debug if self._unavailable else logger.warning
+        log("replica counts unavailable (the router keeps serving; /v1/models shows none until Serve's controller "
+            "answers): %s: %s", type(exc).__name__, exc)
+        self._unavailable = True
 
     def _controller_handle(self) -> Any:
         if self._controller is None:
