@@ -312,16 +312,21 @@ def build_table(raw: dict[str, Any], settings: RunSettings) -> Table:
         f"With 32 streams, {32 - SLOTS} wait for a free slot.",
         "Order: fp32; LLAMA_CPP and llama-server side by side, measured in alternation, each run with the other's "
         "processes stopped, twice: the platform started first, then llama-server first, half the repeats each; "
-        "bf16. " + (
-            "Pair medians by start order: " + "; ".join(
-                f"{first}: " + ", ".join(f"{k} {v}" for k, v in medians.items())
-                for first, medians in raw.get("paired_ratios_by_start", {}).items()) + ". " +
-            f"{PEER}: {raw[PEER].get('version', '')}. {LLAMA} / {PEER} per alternated run (tokens/s): "
-            + "; ".join(f"{PAIR_LABELS.get(k, k)} {v} (median {statistics.median(v):.3f})"
-                        for k, v in raw.get("paired_ratios", {}).items() if v)
-            if PEER in raw else f"{PEER} not run: no binary found (set MODELHOST_BENCH_LLAMA_SERVER)."),
+        "bf16. " + peer_note(raw),
     ]
     return table
+
+
+def peer_note(raw: dict[str, Any]) -> str:
+    """llama-server's version and every alternated pair's ratio, by start order and pooled."""
+    if PEER not in raw:
+        return f"{PEER} not run: no binary found (set MODELHOST_BENCH_LLAMA_SERVER)."
+    by_start = "; ".join(f"{first}: " + ", ".join(f"{k} {v}" for k, v in medians.items())
+                         for first, medians in raw.get("paired_ratios_by_start", {}).items())
+    pooled = "; ".join(f"{PAIR_LABELS.get(k, k)} {v} (median {statistics.median(v):.3f})"
+                       for k, v in raw.get("paired_ratios", {}).items() if v)
+    return (f"Pair medians by start order: {by_start}. {PEER}: {raw[PEER].get('version', '')}. "
+            f"{LLAMA} / {PEER} per alternated run (tokens/s): {pooled}")
 
 
 PAIR_LABELS = {**{f"c{c}": f"{c} stream(s)" for c in CONCURRENCY}, "whole": "1 request answered whole",
